@@ -1,0 +1,143 @@
+"""The `eyefuse` command: one subcommand per verb. Thin: each parses its options, then calls one
+library function and prints its summary. Errors a user can cause (`EyefuseError`) print one clear
+message and exit with status 2; anything else is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from eyefuse import __version__
+from eyefuse.errors import EyefuseError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _add_preprocess_options(p: argparse.ArgumentParser, *, size: int | None = 448) -> None:
+    p.add_argument("--size", type=int, default=size, help="output side in pixels (default %(default)s)")
+    p.add_argument(
+        "--enhance", choices=("graham", "clahe", "none"), default="graham", help="detail enhancement (default graham)"
+    )
+
+
+def _preprocess_config(args: argparse.Namespace):
+    from eyefuse.config import PreprocessConfig
+
+    cfg = PreprocessConfig(size=args.size, enhance=args.enhance)
+    cfg.validate()
+    return cfg
+
+
+# --- data commands ---------------------------------------------------------------------------
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from eyefuse.data.synth import synthesize
+
+    summary = synthesize(
+        args.out, n_patients=args.patients, n_test=args.test_patients, seed=args.seed, max_side=args.max_side
+    )
+    print(summary)
+    return 0
+
+
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from eyefuse.data.preprocess import preprocess_files
+
+    summary = preprocess_files(args.images, args.out, _preprocess_config(args))
+    print(summary)
+    return 1 if summary.failed and not summary.written else 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from eyefuse.data.cache import prepare_dataset
+
+    summary = prepare_dataset(
+        args.data,
+        _preprocess_config(args),
+        cache_dir=args.cache_dir,
+        workers=args.workers,
+        problem_images=args.problem_images,
+        progress=not args.no_progress,
+    )
+    print(summary)
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from eyefuse.data.splits import split_dataset
+
+    summary = split_dataset(
+        args.data, args.out, val_fraction=args.val_fraction, seed=args.seed, problem_images=args.problem_images
+    )
+    print(summary)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eyefuse",
+        description="Binocular multi-label fundus classification (ODIR-5K labels N D G C A H M O).",
+    )
+    parser.add_argument("--version", action="version", version=f"eyefuse {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("synth", help="write a synthetic ODIR-format dataset (challenge layout + off-site test)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--patients", type=int, default=300, help="training patients (default %(default)s)")
+    p.add_argument("--test-patients", type=int, default=None, help="off-site test patients (default patients/5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--max-side", type=int, default=None, help="cap camera resolutions at this many pixels (small test sets)"
+    )
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("preprocess", help="preprocess photographs to PNG (+ fov.csv)")
+    p.add_argument("images", nargs="+", type=Path, help="fundus photographs")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_preprocess_options(p)
+    p.set_defaults(func=cmd_preprocess)
+
+    problem_help = "the 16 images whose background the hospital altered: exclude (default) or keep"
+    p = sub.add_parser("prepare", help="preprocess a whole dataset once into the cache; check labels")
+    p.add_argument("--data", required=True, help="dataset folder or annotation file (format found automatically)")
+    _add_preprocess_options(p)
+    p.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default <data>/.eyefuse-cache)")
+    p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+    p.add_argument("--problem-images", choices=("exclude", "keep"), default="exclude", help=problem_help)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("split", help="patient-level multi-label stratified train/val split")
+    p.add_argument("--data", required=True, help="dataset folder or annotation file")
+    p.add_argument("--out", type=Path, required=True, help="CSV to write (patient_id,split)")
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--problem-images", choices=("exclude", "keep"), default="exclude", help=problem_help)
+    p.set_defaults(func=cmd_split)
+
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except EyefuseError as e:
+        print(f"eyefuse {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"eyefuse {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Output piped into `head` and closed early: not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
