@@ -19,7 +19,10 @@ Handler = Callable[[argparse.Namespace], int]
 def _add_preprocess_options(p: argparse.ArgumentParser, *, size: int | None = 448) -> None:
     p.add_argument("--size", type=int, default=size, help="output side in pixels (default %(default)s)")
     p.add_argument(
-        "--enhance", choices=("graham", "clahe", "none"), default="graham", help="detail enhancement (default graham)"
+        "--enhance",
+        choices=("graham", "clahe", "none"),
+        default="graham",
+        help="detail enhancement (default graham)",
     )
 
 
@@ -71,9 +74,50 @@ def cmd_split(args: argparse.Namespace) -> int:
     from eyefuse.data.splits import split_dataset
 
     summary = split_dataset(
-        args.data, args.out, val_fraction=args.val_fraction, seed=args.seed, problem_images=args.problem_images
+        args.data,
+        args.out,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        problem_images=args.problem_images,
     )
     print(summary)
+    return 0
+
+
+# --- model and training commands ---------------------------------------------------------------
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from eyefuse.models import describe_models
+
+    print(describe_models())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from eyefuse.config import load_config
+    from eyefuse.train.engine import fit, prepare_resume
+
+    if args.resume:
+        if args.config or args.out or args.weights:
+            raise EyefuseError(
+                "--resume RUN takes the run's own config and folder: drop --config/--out/--weights"
+            )
+        cfg = prepare_resume(args.resume, args.set)
+        if args.data:
+            cfg.data.root = str(Path(args.data).resolve())
+        run_dir = args.resume
+    else:
+        if not args.out:
+            raise EyefuseError("--out RUN_DIR is required (or --resume RUN_DIR)")
+        cfg = load_config(args.config or "demo", args.set)
+        if args.data:
+            cfg.data.root = str(Path(args.data).resolve())
+        if args.weights:
+            cfg.model.weights = str(Path(args.weights).resolve())
+        run_dir = args.out
+    result = fit(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
+    print(result)
     return 0
 
 
@@ -85,13 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"eyefuse {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("synth", help="write a synthetic ODIR-format dataset (challenge layout + off-site test)")
+    p = sub.add_parser(
+        "synth", help="write a synthetic ODIR-format dataset (challenge layout + off-site test)"
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--patients", type=int, default=300, help="training patients (default %(default)s)")
-    p.add_argument("--test-patients", type=int, default=None, help="off-site test patients (default patients/5)")
+    p.add_argument(
+        "--test-patients", type=int, default=None, help="off-site test patients (default patients/5)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--max-side", type=int, default=None, help="cap camera resolutions at this many pixels (small test sets)"
+        "--max-side",
+        type=int,
+        default=None,
+        help="cap camera resolutions at this many pixels (small test sets)",
     )
     p.set_defaults(func=cmd_synth)
 
@@ -103,9 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     problem_help = "the 16 images whose background the hospital altered: exclude (default) or keep"
     p = sub.add_parser("prepare", help="preprocess a whole dataset once into the cache; check labels")
-    p.add_argument("--data", required=True, help="dataset folder or annotation file (format found automatically)")
+    p.add_argument(
+        "--data", required=True, help="dataset folder or annotation file (format found automatically)"
+    )
     _add_preprocess_options(p)
-    p.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default <data>/.eyefuse-cache)")
+    p.add_argument(
+        "--cache-dir", type=Path, default=None, help="cache folder (default <data>/.eyefuse-cache)"
+    )
     p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
     p.add_argument("--problem-images", choices=("exclude", "keep"), default="exclude", help=problem_help)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -118,6 +173,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--problem-images", choices=("exclude", "keep"), default="exclude", help=problem_help)
     p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("models", help="list backbones, attention types, fusions, heads and config presets")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("train", help="train a binocular model (resumable; torchrun for several GPUs)")
+    p.add_argument("--data", help="dataset folder or annotation file")
+    p.add_argument("--config", help="preset name (paper, strong, demo) or YAML file (default demo)")
+    p.add_argument("--out", type=Path, help="run folder to create")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. train.epochs=40",
+    )
+    p.add_argument("--weights", help="local backbone weights (safetensors, or a torchvision/timm state dict)")
+    p.add_argument("--resume", type=Path, metavar="RUN", help="continue a killed or finished run in RUN")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
 
     return parser
 

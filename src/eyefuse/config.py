@@ -38,7 +38,9 @@ class PreprocessConfig:
 
     def validate(self) -> None:
         if self.enhance not in ENHANCE_CHOICES:
-            raise ConfigError(f"preprocess.enhance must be one of {', '.join(ENHANCE_CHOICES)}, not {self.enhance!r}")
+            raise ConfigError(
+                f"preprocess.enhance must be one of {', '.join(ENHANCE_CHOICES)}, not {self.enhance!r}"
+            )
         if not 16 <= self.size <= 4096:
             raise ConfigError(f"preprocess.size must be between 16 and 4096 pixels, not {self.size}")
 
@@ -161,7 +163,9 @@ class Config:
         _choice("model.attention", self.model.attention, ("none", "se", "cbam", "eca", "residual_attention"))
         _choice("model.attention_placement", self.model.attention_placement, ("all", "last"))
         _choice(
-            "model.fusion", self.model.fusion, ("concat", "sum", "max", "mul", "ffm", "cross_attention", "single")
+            "model.fusion",
+            self.model.fusion,
+            ("concat", "sum", "max", "mul", "ffm", "cross_attention", "single"),
         )
         _choice("model.head", self.model.head, ("sigmoid", "softmax"))
         _choice("loss.name", self.loss.name, ("bce", "focal", "asl"))
@@ -276,7 +280,16 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if tp is bool:
             if isinstance(value, bool):
                 return value
-            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            if isinstance(value, str) and value.lower() in (
+                "true",
+                "yes",
+                "1",
+                "on",
+                "false",
+                "no",
+                "0",
+                "off",
+            ):
                 return value.lower() in ("true", "yes", "1", "on")
             if isinstance(value, int) and value in (0, 1):
                 return bool(value)

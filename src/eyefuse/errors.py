@@ -10,7 +10,9 @@ class EyefuseError(Exception):
 class DataError(EyefuseError):
     """An annotation file or dataset is malformed: names the file, row and column."""
 
-    def __init__(self, message: str, *, file: object = None, row: int | None = None, column: str | None = None):
+    def __init__(
+        self, message: str, *, file: object = None, row: int | None = None, column: str | None = None
+    ) -> None:
         where = []
         if file is not None:
             where.append(str(file))

@@ -1,0 +1,790 @@
+"""Training and validation, readable top to bottom (after torchvision's classification reference):
+`train_one_epoch`, `evaluate`, `fit`.
+
+Reproducibility: every random choice of an epoch (patient order, augmentation, dropout) is seeded
+from (seed, epoch, rank) at the start of that epoch, not drawn from a stream that runs across
+epochs. A run killed at any point and resumed from its `last` checkpoint therefore redoes the
+interrupted epoch exactly and ends with the same weights as an uninterrupted run (on the CPU,
+where kernels are deterministic).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import math
+import os
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from eyefuse.config import Config, config_from_dict, load_config, save_config
+from eyefuse.errors import ConfigError, EyefuseError
+from eyefuse.train import checkpoint as ckpt
+from eyefuse.train.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    barrier,
+    broadcast_object,
+    gather_objects,
+    init_distributed,
+    shard_indices,
+    shutdown_distributed,
+)
+from eyefuse.utils.io import atomic_write_text, sha256_file
+
+METRIC_COLUMNS = (
+    "epoch",
+    "train_loss",
+    "val_loss",
+    "val_kappa",
+    "val_f1",
+    "val_auc",
+    "val_final",
+    "val_macro_auroc",
+    "lr",
+    "epoch_time_s",
+    "train_images_per_s",
+)
+
+
+# --- devices, seeds, precision -----------------------------------------------------------------
+
+
+def resolve_device(name: str, info: DistInfo) -> torch.device:
+    """`auto` picks CUDA when available; under torchrun each rank takes its LOCAL_RANK GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device={name!r} but CUDA is not available on this machine")
+        if name == "cuda":
+            return torch.device("cuda", info.local_rank)
+    return torch.device(name)
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `train.amp` (None = full precision). `auto` means bf16 on CUDA when
+    supported, fp16 otherwise, and full precision on the CPU."""
+    if setting == "off":
+        return None
+    if setting == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if setting == "fp16" and device.type != "cuda":
+        raise ConfigError("train.amp=fp16 needs CUDA; use bf16 or off on the CPU")
+    return torch.bfloat16 if setting == "bf16" else torch.float16
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0, stream: int = 0) -> int:
+    """A 63-bit seed that depends only on (seed, epoch, rank, stream)."""
+    ss = np.random.SeedSequence([seed, epoch, rank, stream])
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+class CachedLoader:
+    """Loads preprocessed eyes from the cache; eyes that failed preprocessing raise at once
+    (counted in `prepare`) instead of being retried every epoch. Picklable for DataLoader workers."""
+
+    def __init__(self, cache: Any, failed: dict[str, str]):
+        self.cache = cache
+        self.failed = failed
+
+    def __call__(self, path: Path) -> np.ndarray:
+        from eyefuse.data.preprocess import PreprocessError
+
+        reason = self.failed.get(str(path))
+        if reason is not None:
+            raise PreprocessError(path, reason)
+        return self.cache.load(path)
+
+
+@dataclass
+class RunData:
+    """Everything `fit` needs to know about the data of a run."""
+
+    label_names: tuple[str, ...]
+    splits: dict[str, list[Any]]  # split name -> patients
+    loader: CachedLoader
+    split_file: Path
+    split_hash: str
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
+    failed_images: int = 0
+
+    def summary(self) -> str:
+        parts = [f"{name} {len(p)}" for name, p in self.splits.items()]
+        text = "patients: " + ", ".join(parts)
+        if self.failed_images:
+            text += f"; {self.failed_images} images failed preprocessing (that eye is treated as missing)"
+        for reason, n in self.dropped.items():
+            text += f"; dropped {n} patients ({reason})"
+        return text
+
+
+def load_run_data(cfg: Config, run_dir: Path, info: DistInfo, progress: bool) -> RunData:
+    """Load the dataset, make or read the split (saved in the run folder), prepare the cache."""
+    from eyefuse.data.cache import PreprocessCache, prepare_images
+    from eyefuse.data.odir import load_dataset
+    from eyefuse.data.splits import apply_split, split_dataset
+
+    from eyefuse.data.dataset import usable_patients
+
+    if not cfg.data.root:
+        raise ConfigError("no dataset: pass --data DIR (or set data.root)")
+    dataset = load_dataset(cfg.data.root, problem_images=cfg.data.problem_images)
+    run_split = run_dir / "split.csv"
+    if cfg.data.split_file:
+        source = Path(cfg.data.split_file)
+        if not source.is_file():
+            raise ConfigError(f"data.split_file {source} does not exist")
+        if info.is_main and source.resolve() != run_split.resolve():
+            atomic_write_text(run_split, source.read_text(encoding="utf-8"))
+    elif info.is_main and not run_split.is_file():
+        split_dataset(
+            cfg.data.root,
+            run_split,
+            val_fraction=cfg.data.val_fraction,
+            seed=cfg.data.split_seed,
+            problem_images=cfg.data.problem_images,
+        )
+    barrier(info)
+    splits = apply_split(dataset, run_split)
+    dropped: dict[str, int] = {}
+    for name in list(splits):
+        kept, lost = usable_patients(splits[name])
+        splits[name] = kept
+        if lost:
+            dropped[f"no usable eye in {name}"] = len(lost)
+    for required in ("train", "val"):
+        if not splits.get(required):
+            raise EyefuseError(f"split {run_split} has no {required!r} patients")
+
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else _default_cache_dir(cfg.data.root)
+    paths = sorted(
+        {
+            str(p.eye_path(side))
+            for ps in splits.values()
+            for p in ps
+            for side in ("left", "right")
+            if p.eye_path(side)
+        }
+    )
+    failed: dict[str, str] = {}
+    if info.is_main:
+        result = prepare_images([Path(p) for p in paths], cfg.preprocess, cache_dir, progress=progress)
+        failed = {str(path): reason for path, reason in result.failed}
+    failed = broadcast_object(failed, info)
+    cache = PreprocessCache(cache_dir, cfg.preprocess)
+    return RunData(
+        label_names=tuple(dataset.label_names),
+        splits=splits,
+        loader=CachedLoader(cache, failed),
+        split_file=run_split,
+        split_hash=sha256_file(run_split),
+        dropped=dropped,
+        failed_images=len(failed),
+    )
+
+
+def _default_cache_dir(root: str) -> Path:
+    p = Path(root)
+    return (p if p.is_dir() else p.parent) / ".eyefuse-cache"
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, info: DistInfo) -> list[list[int]]:
+    """This rank's training batches for an epoch: a permutation seeded by (seed, epoch), padded to
+    a multiple of the world size (training only; evaluation never pads) and strided over ranks.
+    A last batch of a single patient is dropped (BatchNorm needs two)."""
+    order = np.random.default_rng([seed, epoch]).permutation(n).tolist()
+    if info.enabled:
+        pad = (-len(order)) % info.world_size
+        order += order[:pad]
+        order = order[info.rank :: info.world_size]
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if len(batches) > 1 and len(batches[-1]) < 2:
+        batches.pop()
+    return batches
+
+
+def make_loader(dataset: Dataset, batches: Sequence[Sequence[int]], num_workers: int, device: torch.device):
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+
+
+# --- model, optimiser, schedule -----------------------------------------------------------------
+
+
+def param_groups(model: nn.Module, cfg: Config, backbone_pretrained: bool) -> list[dict[str, Any]]:
+    """AdamW/SGD groups: pretrained backbone weights at `lr * backbone_lr_mult` (layer-wise lower LR)
+    when the backbone starts from weights; no weight decay on norms and biases."""
+    mult = cfg.train.backbone_lr_mult if backbone_pretrained else 1.0
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        is_backbone = name.startswith("backbone") and "attn" not in name and "attention" not in name
+        no_decay = p.ndim <= 1
+        groups.setdefault((is_backbone, no_decay), []).append(p)
+    out = []
+    for (is_backbone, no_decay), params in sorted(groups.items()):
+        out.append(
+            {
+                "params": params,
+                "lr": cfg.train.lr * (mult if is_backbone else 1.0),
+                "lr_mult": mult if is_backbone else 1.0,
+                "weight_decay": 0.0 if no_decay else cfg.train.weight_decay,
+            }
+        )
+    return out
+
+
+def build_optimizer(model: nn.Module, cfg: Config, backbone_pretrained: bool) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg, backbone_pretrained)
+    if cfg.train.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.train.lr, momentum=cfg.train.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=cfg.train.lr)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
+    """Linear warm-up then cosine decay to `lr * min_lr_ratio`, stepped every optimiser step."""
+    total = max(1, cfg.train.epochs * steps_per_epoch)
+    warmup = min(total - 1, round(cfg.train.warmup_epochs * steps_per_epoch))
+    floor = cfg.train.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# --- one epoch ----------------------------------------------------------------------------------
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def model_inputs(
+    model: nn.Module, batch: dict[str, torch.Tensor], channels_last: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised float images for the model from a (possibly augmented) batch."""
+    from eyefuse.data.augment import normalize
+
+    core = _unwrap(model)
+    out = []
+    for side in ("left", "right"):
+        x = normalize(batch[side].float(), core.mean, core.std)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out.append(x)
+    return out[0], out[1]
+
+
+def compute_loss(
+    outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], criterion: nn.Module, cfg: Config
+) -> torch.Tensor:
+    """Patient loss plus, with per-eye auxiliary heads, the masked per-eye loss."""
+    from eyefuse.train.losses import masked_bce
+
+    loss = criterion(outputs["logits"].float(), batch["labels"])
+    if "left_logits" in outputs and cfg.loss.aux_weight > 0:
+        known = batch["eye_labels_known"]
+        aux = 0.0
+        for i, side in enumerate(("left", "right")):
+            mask = batch[f"{side}_present"] & known[:, i]
+            aux = aux + masked_bce(outputs[f"{side}_logits"].float(), batch[f"{side}_labels"], mask)
+        loss = loss + cfg.loss.aux_weight * aux / 2
+    return loss
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    loader: Any,
+    device: torch.device,
+    epoch: int,
+    cfg: Config,
+    info: DistInfo,
+    *,
+    scaler: torch.amp.GradScaler | None = None,
+    ema: Any = None,
+    progress: bool = True,
+    start_step: int = 0,
+) -> tuple[float, float, int]:
+    """One pass over the training batches. Returns (mean loss, eye images per second, steps)."""
+    from tqdm import tqdm
+
+    from eyefuse.data.augment import augment_batch
+
+    model.train()
+    torch.manual_seed(epoch_seed(cfg.train.seed, epoch, info.rank, stream=1))  # dropout etc.
+    gen = torch.Generator(device=device)
+    gen.manual_seed(epoch_seed(cfg.train.seed, epoch, info.rank, stream=2))
+    dtype = amp_dtype(cfg.train.amp, device)
+    total_loss, n_seen, steps = 0.0, 0, 0
+    t0 = time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not (progress and info.is_main))
+    for batch in bar:
+        batch = _to_device(batch, device)
+        batch = augment_batch(batch, cfg.augment, generator=gen)
+        left, right = model_inputs(model, batch, cfg.train.channels_last)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            outputs = model(left, right, batch["left_present"], batch["right_present"])
+        loss = compute_loss(outputs, batch, criterion, cfg)
+        if not torch.isfinite(loss):
+            raise EyefuseError(
+                f"loss became {loss.item()} at epoch {epoch + 1}, step {steps + 1}: lower train.lr, "
+                "or use train.amp=bf16/off"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        if cfg.train.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update(_unwrap(model))
+        steps += 1
+        bs = batch["labels"].shape[0]
+        total_loss += loss.item() * bs
+        n_seen += bs
+        elapsed = time.perf_counter() - t0
+        bar.set_postfix(
+            loss=f"{total_loss / n_seen:.4f}", img_s=f"{2 * n_seen * info.world_size / elapsed:.1f}"
+        )
+        _fault_injection(start_step + steps)
+        if cfg.train.max_steps_per_epoch and steps >= cfg.train.max_steps_per_epoch:
+            break
+    elapsed = time.perf_counter() - t0
+    mean_loss = all_reduce_mean(total_loss / max(1, n_seen), info)
+    return mean_loss, 2 * n_seen * info.world_size / max(elapsed, 1e-9), steps
+
+
+def _fault_injection(global_step: int) -> None:
+    """Test hook: EYEFUSE_FAULT_KILL_AT_STEP=N sends SIGKILL to this process after optimiser step N,
+    so the resume test can kill a run mid-epoch at a reproducible point."""
+    target = os.environ.get("EYEFUSE_FAULT_KILL_AT_STEP")
+    if target and int(target) == global_step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    device: torch.device,
+    cfg: Config,
+    info: DistInfo = DistInfo(),
+    criterion: nn.Module | None = None,
+) -> dict[str, Any]:
+    """Logits for every patient of `dataset`, exactly once across ranks (strided shards, no padding),
+    gathered in dataset order on every rank. Returns `logits`, `labels`, `loss` (when a criterion
+    is given)."""
+    from eyefuse.data.augment import eval_transform
+
+    model.eval()
+    idx = shard_indices(len(dataset), info)
+    bs = cfg.train.batch_size * 2
+    batches = [idx[i : i + bs] for i in range(0, len(idx), bs)]
+    loader = make_loader(dataset, batches, cfg.train.num_workers, device)
+    dtype = amp_dtype(cfg.train.amp, device)
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    loss_sum = 0.0
+    for batch in loader:
+        batch = eval_transform(_to_device(batch, device))
+        left, right = model_inputs(model, batch, cfg.train.channels_last)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            outputs = model(left, right, batch["left_present"], batch["right_present"])
+        logits = outputs["logits"].float()
+        if criterion is not None:
+            loss_sum += criterion(logits, batch["labels"]).item() * logits.shape[0]
+        parts.append((batch["index"].cpu().numpy(), logits.cpu().numpy(), batch["labels"].cpu().numpy()))
+    gathered = gather_objects((parts, loss_sum), info)
+    all_parts = [p for rank_parts, _ in gathered for p in rank_parts]
+    n_labels = len(_unwrap(model).label_names)
+    if not all_parts:
+        return {"logits": np.zeros((0, n_labels)), "labels": np.zeros((0, n_labels)), "loss": float("nan")}
+    index = np.concatenate([p[0] for p in all_parts])
+    order = np.argsort(index)
+    if len(index) != len(dataset) or len(np.unique(index)) != len(dataset):
+        raise RuntimeError(f"evaluation saw {len(index)} samples for a set of {len(dataset)}")
+    logits = np.concatenate([p[1] for p in all_parts])[order]
+    labels = np.concatenate([p[2] for p in all_parts])[order]
+    total_loss = sum(loss for _, loss in gathered)
+    return {"logits": logits, "labels": labels, "loss": total_loss / len(dataset) if criterion else None}
+
+
+def validation_scores(model: nn.Module, result: dict[str, Any]) -> dict[str, float]:
+    """Official ODIR score (at 0.5, as the challenge defines it) and macro AUROC of a validation pass."""
+    from eyefuse.eval.metrics import macro_auroc, official_score
+
+    prob = _unwrap(model).probabilities(torch.from_numpy(result["logits"])).numpy()
+    truth = result["labels"].astype(int)
+    official = official_score(truth, prob)
+    return {
+        "val_loss": result["loss"],
+        "val_kappa": official["kappa"],
+        "val_f1": official["f1"],
+        "val_auc": official["auc"],
+        "val_final": official["final"],
+        "val_macro_auroc": macro_auroc(truth, prob),
+    }
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "module", model)  # DDP
+    return getattr(model, "_orig_mod", model)  # torch.compile
+
+
+# --- the whole run ------------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    best_epoch: int
+    best_score: float
+    epochs_run: int
+    history: list[dict[str, float]]
+    stopped_early: bool
+
+    def __str__(self) -> str:
+        last = self.history[-1] if self.history else {}
+        lines = [
+            f"run: {self.run_dir}",
+            f"epochs run: {self.epochs_run}" + (" (early stop)" if self.stopped_early else ""),
+            f"best epoch: {self.best_epoch + 1}  val ODIR final {self.best_score:.4f}",
+        ]
+        if last:
+            lines.append(
+                f"last epoch: train loss {last['train_loss']:.4f}  val loss {last['val_loss']:.4f}  "
+                f"val final {last['val_final']:.4f}  val macro AUROC {last['val_macro_auroc']:.4f}"
+            )
+        lines.append(f"checkpoints: {self.run_dir / 'best'}  {self.run_dir / 'last'}")
+        return "\n".join(lines)
+
+
+def prepare_resume(run_dir: Path, overrides: Sequence[str]) -> Config:
+    """The saved config of a run, with `--set` overrides that may change how long or how it trains
+    (train.*, eval.*) but not what it trains (model, data, preprocessing, augmentation, loss)."""
+    cfg_file = run_dir / "config.yaml"
+    if not cfg_file.is_file():
+        raise ConfigError(f"--resume {run_dir}: no config.yaml there (is it an eyefuse run folder?)")
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if not key.startswith(("train.", "eval.")) or key in ("train.seed", "train.batch_size"):
+            raise ConfigError(
+                f"--set {item!r} cannot change a run being resumed; only train.* (except seed and "
+                "batch_size) and eval.* settings may change"
+            )
+    return load_config(str(cfg_file), list(overrides))
+
+
+def fit(
+    cfg: Config,
+    run_dir: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> FitResult:
+    """Train `cfg` into `run_dir` (config.yaml, split.csv, metrics.csv, best/, last/); with `resume`
+    continue from `run_dir/last`. At the end, fit thresholds and temperatures on the validation split
+    and store them in `best`."""
+    from eyefuse.train.losses import create_loss
+
+    from eyefuse.data.dataset import PairDataset, TensorCache
+    from eyefuse.models import build_model
+
+    run_dir = Path(run_dir)
+    cfg.validate()
+    device_name = cfg.train.device
+    info = init_distributed(
+        "cuda" if device_name in ("auto", "cuda") and torch.cuda.is_available() else device_name
+    )
+    try:
+        device = resolve_device(device_name, info)
+        seed_everything(cfg.train.seed, cfg.train.deterministic)
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            if not resume and (run_dir / "last").exists():
+                raise ConfigError(
+                    f"{run_dir} already holds a run: use --resume {run_dir}, or choose another --out"
+                )
+            save_config(cfg, run_dir / "config.yaml")
+        barrier(info)
+        data = load_run_data(cfg, run_dir, info, progress)
+        if info.is_main:
+            print(data.summary(), flush=True)
+        size = cfg.preprocess.size
+        train_set = PairDataset(data.splits["train"], data.loader, data.label_names, size=size)
+        val_set = PairDataset(data.splits["val"], data.loader, data.label_names, size=size)
+
+        model = build_model(cfg.model, data.label_names)
+        backbone_pretrained = bool(cfg.model.pretrained or cfg.model.weights)
+        model.to(device)
+        if cfg.train.channels_last:
+            model.to(memory_format=torch.channels_last)
+        train_labels = np.stack([p.labels for p in data.splits["train"]]).astype(np.float32)
+        criterion = create_loss(cfg.loss, cfg.model.head, train_labels).to(device)
+        optimizer = build_optimizer(model, cfg, backbone_pretrained)
+        n_batches = len(epoch_batches(len(train_set), cfg.train.batch_size, cfg.train.seed, 0, info))
+        steps_per_epoch = min(n_batches, cfg.train.max_steps_per_epoch or n_batches)
+        scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+        dtype = amp_dtype(cfg.train.amp, device)
+        scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+        ema = None
+        if cfg.train.ema:
+            from timm.utils import ModelEmaV3
+
+            ema = ModelEmaV3(model, decay=cfg.train.ema_decay)
+
+        start_epoch, best_score, best_epoch, bad_epochs = 0, -math.inf, -1, 0
+        history: list[dict[str, float]] = []
+        if resume:
+            state = ckpt.load_train_state(run_dir / "last")
+            model.load_state_dict(ckpt.load_model_state(run_dir / "last"))
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            if ema is not None and state.get("ema"):
+                ema.module.load_state_dict(state["ema"])
+            start_epoch = int(state["epoch"]) + 1
+            best_score, best_epoch = float(state["best_score"]), int(state["best_epoch"])
+            bad_epochs = int(state["bad_epochs"])
+            history = list(state["history"])
+            # A run extended with a larger train.epochs: the cosine schedule is rebuilt over the new
+            # length, continuing from the current step.
+            if info.is_main:
+                print(f"resuming {run_dir} at epoch {start_epoch + 1}/{cfg.train.epochs}", flush=True)
+
+        train_model: nn.Module = model
+        if info.enabled:
+            train_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        if cfg.train.compile:
+            train_model = torch.compile(train_model)
+
+        gpu_cache = None
+        if cfg.train.gpu_cache:
+            if device.type != "cuda":
+                raise ConfigError("train.gpu_cache=true needs CUDA")
+            gpu_cache = TensorCache(train_set, device=device, progress=progress and info.is_main)
+
+        meta_base = _meta_base(cfg, data)
+        writer = _tensorboard(run_dir) if info.is_main else None
+        stopped_early = False
+        epoch = start_epoch - 1
+        for epoch in range(start_epoch, cfg.train.epochs):
+            t0 = time.perf_counter()
+            batches = epoch_batches(len(train_set), cfg.train.batch_size, cfg.train.seed, epoch, info)
+            if cfg.train.max_steps_per_epoch:
+                batches = batches[: cfg.train.max_steps_per_epoch]
+            loader = (
+                _gpu_batches(gpu_cache, batches)
+                if gpu_cache is not None
+                else make_loader(train_set, batches, cfg.train.num_workers, device)
+            )
+            train_loss, img_s, _ = train_one_epoch(
+                train_model,
+                criterion,
+                optimizer,
+                scheduler,
+                loader,
+                device,
+                epoch,
+                cfg,
+                info,
+                scaler=scaler,
+                ema=ema,
+                progress=progress,
+                start_step=epoch * steps_per_epoch,
+            )
+            eval_model = ema.module if ema is not None else model
+            result = evaluate(eval_model, val_set, device, cfg, info, criterion)
+            scores = validation_scores(eval_model, result)
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": train_loss,
+                **scores,
+                "lr": optimizer.param_groups[-1]["lr"],
+                "epoch_time_s": time.perf_counter() - t0,
+                "train_images_per_s": img_s,
+            }
+            history.append(row)
+            improved = scores["val_final"] > best_score
+            if improved:
+                best_score, best_epoch, bad_epochs = scores["val_final"], epoch, 0
+            else:
+                bad_epochs += 1
+            if info.is_main:
+                meta = {**meta_base, "epoch": epoch + 1, "val": scores}
+                if improved:
+                    ckpt.save_checkpoint(run_dir / "best", eval_model.state_dict(), {**meta, "kind": "best"})
+                train_state = {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "ema": ema.module.state_dict() if ema is not None else None,
+                    "epoch": epoch,
+                    "best_score": best_score,
+                    "best_epoch": best_epoch,
+                    "bad_epochs": bad_epochs,
+                    "history": history,
+                }
+                ckpt.save_checkpoint(
+                    run_dir / "last", model.state_dict(), {**meta, "kind": "last"}, train_state
+                )
+                write_metrics_csv(run_dir / "metrics.csv", history)
+                if writer is not None:
+                    for k, v in row.items():
+                        if k != "epoch" and v is not None:
+                            writer.add_scalar(k, v, epoch + 1)
+                    writer.flush()
+                print(
+                    f"epoch {epoch + 1}: train loss {train_loss:.4f}  val loss {scores['val_loss']:.4f}  "
+                    f"val final {scores['val_final']:.4f}  val macro AUROC {scores['val_macro_auroc']:.4f}"
+                    + ("  *best*" if improved else ""),
+                    flush=True,
+                )
+            barrier(info)
+            if cfg.train.early_stop_patience and bad_epochs >= cfg.train.early_stop_patience:
+                stopped_early = True
+                if info.is_main:
+                    print(f"early stop: no better val ODIR final for {bad_epochs} epochs", flush=True)
+                break
+        if writer is not None:
+            writer.close()
+        if info.is_main and (run_dir / "best").exists():
+            calibrate_checkpoint(run_dir / "best", val_set, device, cfg)
+        barrier(info)
+        return FitResult(run_dir, best_epoch, best_score, epoch + 1, history, stopped_early)
+    finally:
+        shutdown_distributed(info)
+
+
+def _gpu_batches(cache: Any, batches: list[list[int]]) -> Iterator[dict[str, torch.Tensor]]:
+    for b in batches:
+        yield cache.batch(b)
+
+
+def _meta_base(cfg: Config, data: RunData) -> dict[str, Any]:
+    return {
+        "config": cfg.to_dict(),
+        "config_hash": cfg.hash(),
+        "label_names": list(data.label_names),
+        "preprocess": cfg.to_dict()["preprocess"],
+        "model": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+        "split_file": str(data.split_file),
+        "split_hash": data.split_hash,
+        "split_sizes": {k: len(v) for k, v in data.splits.items()},
+        "seed": cfg.train.seed,
+        "versions": ckpt.package_versions(),
+        "git_commit": ckpt.git_commit(),
+        "thresholds": None,
+        "temperatures": None,
+    }
+
+
+def calibrate_checkpoint(path: Path, val_set: Dataset, device: torch.device, cfg: Config) -> dict[str, Any]:
+    """Fit per-class temperatures and thresholds on the validation split with the checkpoint's own
+    weights, and store them (with the split they were fitted on) in its metadata."""
+    from eyefuse.eval.calibration import fit_calibration
+
+    model = load_model(path, device=device)
+    result = evaluate(model, val_set, device, cfg)
+    calib = fit_calibration(result["labels"].astype(int), result["logits"], head=cfg.model.head, cfg=cfg.eval)
+    meta = ckpt.read_meta(path)
+    fields = {
+        **calib,
+        "calibration_split": {"name": "val", "file": meta["split_file"], "hash": meta["split_hash"]},
+    }
+    ckpt.update_meta(path, **fields)
+    return fields
+
+
+def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> nn.Module:
+    """Rebuild a model from a checkpoint folder (config + label names from meta.json, weights from
+    safetensors) in eval mode."""
+    from eyefuse.models import build_model
+
+    meta = ckpt.read_meta(path)
+    cfg = config_from_dict(meta["config"])
+    cfg.model.pretrained = False  # the checkpoint holds every weight
+    cfg.model.weights = None
+    model = build_model(cfg.model, meta["label_names"])
+    state = ckpt.load_model_state(path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        from eyefuse.errors import CheckpointError
+
+        raise CheckpointError(
+            f"{path}: weights do not match the model in its config "
+            f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})"
+        )
+    model.to(device).eval()
+    return model
+
+
+def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(METRIC_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for row in history:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    """A SummaryWriter in RUN/tensorboard when tensorboard is installed (an optional extra)."""
+    with contextlib.suppress(ImportError):
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    return None
