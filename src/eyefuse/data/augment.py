@@ -25,6 +25,7 @@ distributed) augmentations. Without a generator torch's global RNG of that devic
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -69,15 +70,15 @@ def check_augment_config(cfg: AugmentConfig) -> None:
 
 def normalize(
     x: torch.Tensor,
-    mean: tuple[float, ...] = IMAGENET_MEAN,
-    std: tuple[float, ...] = IMAGENET_STD,
+    mean: Sequence[float] | torch.Tensor = IMAGENET_MEAN,
+    std: Sequence[float] | torch.Tensor = IMAGENET_STD,
 ) -> torch.Tensor:
     """Map float images on a 0..255 scale (`... x C x H x W`) to `(x / 255 - mean) / std` per channel.
 
-    `mean` and `std` are on a 0..1 scale, as timm and torchvision publish them.
+    `mean` and `std` are on a 0..1 scale, as timm and torchvision publish them (tuples or tensors).
     """
-    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(-1, 1, 1) * 255.0
-    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(-1, 1, 1) * 255.0
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).reshape(-1, 1, 1) * 255.0
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).reshape(-1, 1, 1) * 255.0
     return (x - m) / s
 
 

@@ -226,14 +226,58 @@ class TensorCache:
     `N * 2 * 3 * S * S` bytes (about 4.2 GB for 3,500 patients at 448 px).
     """
 
+    images: torch.Tensor  #: uint8 N x 2 x 3 x S x S (eye 0 left, 1 right)
+    present: torch.Tensor  #: bool N x 2
+    labels: torch.Tensor  #: float32 N x L
+    eye_labels: torch.Tensor  #: float32 N x 2 x L
+    eye_labels_known: torch.Tensor  #: bool N x 2
+
     def __init__(
         self,
+        dataset: PairDataset,
+        *,
+        device: torch.device | str | None = None,
+        progress: bool = True,
+        batch_size: int = 32,
+        num_workers: int = 0,
+    ) -> None:
+        """Load every item of `dataset` into tensors on `device` (CPU by default).
+
+        The images go to `device` batch by batch, so a CUDA cache needs no full copy in host memory.
+        Failed loads are counted by `dataset` as usual (also those in loader workers).
+        """
+        from tqdm.auto import tqdm
+
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        n, s, n_labels = len(dataset), dataset.size, len(dataset.label_names)
+        self.images = torch.empty(n, 2, 3, s, s, dtype=torch.uint8, device=device)
+        self.present = torch.empty(n, 2, dtype=torch.bool, device=device)
+        self.labels = torch.empty(n, n_labels, dtype=torch.float32, device=device)
+        self.eye_labels = torch.empty(n, 2, n_labels, dtype=torch.float32, device=device)
+        self.eye_labels_known = torch.empty(n, 2, dtype=torch.bool, device=device)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+        with tqdm(total=n, desc="caching images", unit="patient", disable=not progress) as bar:
+            for batch in loader:
+                idx = batch["index"].to(device)
+                self.images[idx] = torch.stack((batch["left"], batch["right"]), 1).to(device)
+                self.present[idx] = torch.stack((batch["left_present"], batch["right_present"]), 1).to(device)
+                self.labels[idx] = batch["labels"].to(device)
+                self.eye_labels[idx] = torch.stack((batch["left_labels"], batch["right_labels"]), 1).to(
+                    device
+                )
+                self.eye_labels_known[idx] = batch["eye_labels_known"].to(device)
+                bar.update(len(idx))
+
+    @classmethod
+    def from_tensors(
+        cls,
         images: torch.Tensor,
         present: torch.Tensor,
         labels: torch.Tensor,
         eye_labels: torch.Tensor,
         eye_labels_known: torch.Tensor,
-    ) -> None:
+    ) -> TensorCache:
+        """A cache over existing tensors (shapes as the attributes above; all on one device)."""
         n = images.shape[0]
         if images.dtype != torch.uint8 or images.dim() != 5 or tuple(images.shape[1:3]) != (2, 3):
             raise ValueError(
@@ -247,47 +291,13 @@ class TensorCache:
         ):
             if tuple(t.shape) != shape:
                 raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+        self = cls.__new__(cls)
         self.images = images
         self.present = present.bool()
         self.labels = labels.float()
         self.eye_labels = eye_labels.float()
         self.eye_labels_known = eye_labels_known.bool()
-
-    @classmethod
-    def from_dataset(
-        cls,
-        dataset: PairDataset,
-        *,
-        device: torch.device | str | None = None,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        progress: bool = True,
-    ) -> TensorCache:
-        """Load every item of `dataset` into tensors on `device` (CPU by default).
-
-        The images go straight to `device` batch by batch, so a CUDA cache needs no full copy in host
-        memory. Failed loads are counted by `dataset` as usual (also from the workers).
-        """
-        from tqdm.auto import tqdm
-
-        device = torch.device(device) if device is not None else torch.device("cpu")
-        n, s, n_labels = len(dataset), dataset.size, len(dataset.label_names)
-        images = torch.empty(n, 2, 3, s, s, dtype=torch.uint8, device=device)
-        present = torch.empty(n, 2, dtype=torch.bool, device=device)
-        labels = torch.empty(n, n_labels, dtype=torch.float32, device=device)
-        eye_labels = torch.empty(n, 2, n_labels, dtype=torch.float32, device=device)
-        known = torch.empty(n, 2, dtype=torch.bool, device=device)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        with tqdm(total=n, desc="caching images", unit="patient", disable=not progress) as bar:
-            for batch in loader:
-                idx = batch["index"].to(device)
-                images[idx] = torch.stack((batch["left"], batch["right"]), 1).to(device)
-                present[idx] = torch.stack((batch["left_present"], batch["right_present"]), 1).to(device)
-                labels[idx] = batch["labels"].to(device)
-                eye_labels[idx] = torch.stack((batch["left_labels"], batch["right_labels"]), 1).to(device)
-                known[idx] = batch["eye_labels_known"].to(device)
-                bar.update(len(idx))
-        return cls(images, present, labels, eye_labels, known)
+        return self
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -304,7 +314,7 @@ class TensorCache:
 
     def to(self, device: torch.device | str) -> TensorCache:
         """A copy of the cache on `device`."""
-        return TensorCache(
+        return TensorCache.from_tensors(
             self.images.to(device),
             self.present.to(device),
             self.labels.to(device),
