@@ -210,7 +210,7 @@ def split_keywords(text: object) -> tuple[str, ...]:
     return tuple(p for p in parts if p)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class KeywordResult:
     """What one eye's keywords say.
 
