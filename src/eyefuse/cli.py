@@ -56,7 +56,7 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from eyefuse.data.cache import prepare_dataset
+    from eyefuse.data.prepare import prepare_dataset
 
     summary = prepare_dataset(
         args.data,
@@ -118,6 +118,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_dir = args.out
     result = fit(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
     print(result)
+    return 0
+
+
+# --- evaluation commands -------------------------------------------------------------------------
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from eyefuse.eval.score import format_score, score_files
+
+    print(format_score(score_files(args.predictions, args.truth), as_json=args.json))
     return 0
 
 
@@ -192,6 +202,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue a killed or finished run in RUN")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("score", help="the official ODIR-2019 score of a submission CSV against the truth")
+    p.add_argument("--predictions", type=Path, required=True, help="submission CSV: ID,N,D,G,C,A,H,M,O")
+    p.add_argument("--truth", type=Path, required=True, help="annotation xlsx/csv with ID and the 8 labels")
+    p.add_argument("--json", action="store_true", help="print JSON (kappa, f1, auc, final)")
+    p.set_defaults(func=cmd_score)
 
     return parser
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import math
 import os
@@ -151,10 +152,10 @@ class RunData:
 def load_run_data(cfg: Config, run_dir: Path, info: DistInfo, progress: bool) -> RunData:
     """Load the dataset, make or read the split (saved in the run folder), prepare the cache."""
     from eyefuse.data.cache import PreprocessCache, prepare_images
-    from eyefuse.data.odir import load_dataset
-    from eyefuse.data.splits import apply_split, split_dataset
-
     from eyefuse.data.dataset import usable_patients
+    from eyefuse.data.odir import load_dataset
+    from eyefuse.data.prepare import default_cache_dir
+    from eyefuse.data.splits import apply_split, split_dataset
 
     if not cfg.data.root:
         raise ConfigError("no dataset: pass --data DIR (or set data.root)")
@@ -186,7 +187,7 @@ def load_run_data(cfg: Config, run_dir: Path, info: DistInfo, progress: bool) ->
         if not splits.get(required):
             raise EyefuseError(f"split {run_split} has no {required!r} patients")
 
-    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else _default_cache_dir(cfg.data.root)
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(cfg.data.root)
     paths = sorted(
         {
             str(p.eye_path(side))
@@ -211,11 +212,6 @@ def load_run_data(cfg: Config, run_dir: Path, info: DistInfo, progress: bool) ->
         dropped=dropped,
         failed_images=len(failed),
     )
-
-
-def _default_cache_dir(root: str) -> Path:
-    p = Path(root)
-    return (p if p.is_dir() else p.parent) / ".eyefuse-cache"
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, info: DistInfo) -> list[list[int]]:
@@ -535,10 +531,9 @@ def fit(
     """Train `cfg` into `run_dir` (config.yaml, split.csv, metrics.csv, best/, last/); with `resume`
     continue from `run_dir/last`. At the end, fit thresholds and temperatures on the validation split
     and store them in `best`."""
-    from eyefuse.train.losses import create_loss
-
     from eyefuse.data.dataset import PairDataset, TensorCache
     from eyefuse.models import build_model
+    from eyefuse.train.losses import create_loss
 
     run_dir = Path(run_dir)
     cfg.validate()
@@ -570,7 +565,7 @@ def fit(
         if cfg.train.channels_last:
             model.to(memory_format=torch.channels_last)
         train_labels = np.stack([p.labels for p in data.splits["train"]]).astype(np.float32)
-        criterion = create_loss(cfg.loss, cfg.model.head, train_labels).to(device)
+        criterion = create_loss(cfg.loss, cfg.model.head, train_labels, data.label_names).to(device)
         optimizer = build_optimizer(model, cfg, backbone_pretrained)
         n_batches = len(epoch_batches(len(train_set), cfg.train.batch_size, cfg.train.seed, 0, info))
         steps_per_epoch = min(n_batches, cfg.train.max_steps_per_epoch or n_batches)
@@ -701,12 +696,28 @@ def fit(
                 break
         if writer is not None:
             writer.close()
+        if info.enabled:
+            check_replicas_identical(model, info)
         if info.is_main and (run_dir / "best").exists():
             calibrate_checkpoint(run_dir / "best", val_set, device, cfg)
         barrier(info)
         return FitResult(run_dir, best_epoch, best_score, epoch + 1, history, stopped_early)
     finally:
         shutdown_distributed(info)
+
+
+def check_replicas_identical(model: nn.Module, info: DistInfo) -> str:
+    """Raise if the DDP ranks' weights differ (they must stay bit-identical); returns the checksum."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    sums = gather_objects(digest.hexdigest(), info)
+    if len(set(sums)) != 1:
+        raise RuntimeError(f"DDP ranks hold different weights: {sums}")
+    if info.is_main:
+        print(f"all {info.world_size} ranks hold identical weights (sha256 {sums[0][:16]})", flush=True)
+    return sums[0]
 
 
 def _gpu_batches(cache: Any, batches: list[list[int]]) -> Iterator[dict[str, torch.Tensor]]:

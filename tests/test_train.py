@@ -1,0 +1,175 @@
+"""The training engine on a tiny synthetic dataset: loss goes down, a killed run resumes to the same
+weights, a finished run can be extended, DDP with gloo keeps the ranks identical."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from eyefuse.config import load_config
+from eyefuse.errors import ConfigError
+
+TINY = [
+    "preprocess.size=64",
+    "model.backbone=resnet18",
+    "model.pretrained=false",
+    "model.attention=residual_attention",
+    "model.fusion=ffm",
+    "model.head=sigmoid",
+    "train.batch_size=8",
+    "train.lr=0.001",
+    "train.num_workers=0",
+    "train.channels_last=false",
+    "train.early_stop_patience=0",
+    "train.device=cpu",
+    "eval.bootstrap=50",
+]
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from eyefuse.data.synth import synthesize
+
+    root = tmp_path_factory.mktemp("synth") / "data"
+    synthesize(root, n_patients=40, n_test=10, seed=3, max_side=160)
+    return root
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["OMP_NUM_THREADS"] = "1"  # identical kernels in every process, so runs can be compared bit for bit
+    env.pop("EYEFUSE_FAULT_KILL_AT_STEP", None)
+    return env
+
+
+def _train(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "eyefuse", "train", "--no-progress", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env or _env(), timeout=600, check=False)
+
+
+def _sets(extra: list[str]) -> list[str]:
+    return [a for s in [*TINY, *extra] for a in ("--set", s)]
+
+
+def test_one_epoch_lowers_training_loss(synth_data: Path, tmp_path: Path) -> None:
+    from eyefuse.data.dataset import PairDataset
+    from eyefuse.models import build_model
+    from eyefuse.train import engine
+    from eyefuse.train.distributed import DistInfo
+    from eyefuse.train.losses import create_loss
+
+    cfg = load_config("demo", [*TINY, "train.epochs=1", "train.warmup_epochs=0", "train.lr=0.003"])
+    cfg.data.root = str(synth_data)
+    data = engine.load_run_data(cfg, tmp_path, DistInfo(), progress=False)
+    train_set = PairDataset(data.splits["train"], data.loader, data.label_names, size=64)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data.label_names)
+    labels = np.stack([p.labels for p in data.splits["train"]]).astype(np.float32)
+    criterion = create_loss(cfg.loss, cfg.model.head, labels)
+    device = torch.device("cpu")
+    before = engine.evaluate(model, train_set, device, cfg, criterion=criterion)["loss"]
+    optimizer = engine.build_optimizer(model, cfg, backbone_pretrained=False)
+    batches = engine.epoch_batches(len(train_set), 8, 0, 0, DistInfo())
+    scheduler = engine.build_scheduler(optimizer, cfg, len(batches))
+    cfg.augment.eye_dropout = 0.0
+    for epoch in range(2):
+        loader = engine.make_loader(train_set, batches, 0, device)
+        engine.train_one_epoch(
+            model, criterion, optimizer, scheduler, loader, device, epoch, cfg, DistInfo(), progress=False
+        )
+    after = engine.evaluate(model, train_set, device, cfg, criterion=criterion)["loss"]
+    assert after < before * 0.95, (before, after)
+
+
+def test_resume_after_kill_matches_uninterrupted_run(synth_data: Path, tmp_path: Path) -> None:
+    common = ["--data", str(synth_data), "--config", "demo", *_sets(["train.epochs=3"])]
+    full = _train([*common, "--out", str(tmp_path / "full")])
+    assert full.returncode == 0, full.stderr[-3000:]
+    assert (tmp_path / "full" / "metrics.csv").read_text().count("\n") == 4  # header + 3 epochs
+
+    from eyefuse.data.splits import read_split
+    from eyefuse.train.distributed import DistInfo
+    from eyefuse.train.engine import epoch_batches
+
+    n_train = sum(1 for split in read_split(tmp_path / "full" / "split.csv").values() if split == "train")
+    steps = len(epoch_batches(n_train, 8, 0, 0, DistInfo()))
+    assert steps >= 3
+    env = _env()
+    env["EYEFUSE_FAULT_KILL_AT_STEP"] = str(steps + 2)  # in the middle of epoch 2
+    killed = _train([*common, "--out", str(tmp_path / "killed")], env)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert (tmp_path / "killed" / "last" / "meta.json").is_file()
+    resumed = _train(["--resume", str(tmp_path / "killed")])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout and "epoch 2/3" in resumed.stdout
+
+    a = load_file(str(tmp_path / "full" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "last" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    full_rows = [r.split(",")[:8] for r in (tmp_path / "full" / "metrics.csv").read_text().splitlines()]
+    resumed_rows = [r.split(",")[:8] for r in (tmp_path / "killed" / "metrics.csv").read_text().splitlines()]
+    assert full_rows == resumed_rows
+
+    # extend the finished run by one epoch
+    extended = _train(["--resume", str(tmp_path / "full"), "--set", "train.epochs=4"])
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert (tmp_path / "full" / "metrics.csv").read_text().count("\n") == 5
+    # the fitted calibration lives in best
+    from eyefuse.train.checkpoint import read_meta
+
+    meta = read_meta(tmp_path / "full" / "best")
+    assert len(meta["thresholds"]) == 8 and meta["calibration_split"]["name"] == "val"
+
+
+def test_resume_refuses_model_changes(tmp_path: Path) -> None:
+    from eyefuse.config import save_config
+    from eyefuse.train.engine import prepare_resume
+
+    save_config(load_config("demo"), tmp_path / "config.yaml")
+    with pytest.raises(ConfigError, match="cannot change a run being resumed"):
+        prepare_resume(tmp_path, ["model.fusion=concat"])
+    assert prepare_resume(tmp_path, ["train.epochs=20"]).train.epochs == 20
+
+
+def test_existing_run_is_not_overwritten(synth_data: Path, tmp_path: Path) -> None:
+    (tmp_path / "run" / "last").mkdir(parents=True)
+    out = _train(["--data", str(synth_data), "--out", str(tmp_path / "run"), *_sets(["train.epochs=1"])])
+    assert out.returncode == 2 and "already holds a run" in out.stderr
+
+
+@pytest.mark.skipif(
+    shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+    reason="torchrun not installed",
+)
+def test_ddp_two_cpu_processes(synth_data: Path, tmp_path: Path) -> None:
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    cmd = [
+        torchrun,
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        "-m",
+        "eyefuse",
+        "train",
+        "--no-progress",
+        "--data",
+        str(synth_data),
+        "--out",
+        str(tmp_path / "ddp"),
+        *_sets(["train.epochs=1"]),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "all 2 ranks hold identical weights" in out.stdout
+    assert (tmp_path / "ddp" / "best" / "model.safetensors").is_file()
