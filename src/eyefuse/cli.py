@@ -131,6 +131,48 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from eyefuse.eval.evaluate import run_evaluate
+
+    summary = run_evaluate(
+        args.run,
+        split=args.split,
+        out=args.out,
+        data=args.data,
+        allow_same_split=args.allow_same_split,
+        n_boot=args.bootstrap,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(summary)
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from eyefuse.eval.ablation import run_ablation
+
+    summary = run_ablation(args.data, args.grid, args.out, extra_set=args.set, progress=not args.no_progress)
+    print(summary)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from eyefuse.demo import run_demo
+
+    summary = run_demo(
+        args.out,
+        patients=args.patients,
+        test_patients=args.test_patients,
+        seed=args.seed,
+        max_side=args.max_side,
+        compare_single=args.compare_single,
+        overrides=args.set,
+        progress=not args.no_progress,
+    )
+    print(summary)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eyefuse",
@@ -202,6 +244,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue a killed or finished run in RUN")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate", help="evaluate a checkpoint on a split: metrics with CIs, report, submission"
+    )
+    p.add_argument("--run", required=True, help="run folder (uses its best checkpoint) or checkpoint folder")
+    p.add_argument("--data", help="dataset (default: the one the run was trained on)")
+    p.add_argument(
+        "--split", default="test", help="split to evaluate: test, offsite, onsite, val (default test)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="report folder")
+    p.add_argument(
+        "--allow-same-split",
+        action="store_true",
+        help="allow evaluating the split the thresholds were fitted on (the report says so)",
+    )
+    p.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default: config, 1000)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("ablate", help="the paper's ablation study as one resumable command")
+    p.add_argument("--data", required=True, help="dataset folder or annotation file")
+    p.add_argument(
+        "--grid", default="paper", help="'paper' (one factor at a time around the paper preset) or YAML"
+    )
+    p.add_argument("--out", type=Path, required=True, help="ablation folder (rerun to resume)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every cell")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("demo", help="synthesise, prepare, train, calibrate, evaluate and report, end to end")
+    p.add_argument(
+        "--out", type=Path, default=Path("demo"), help="demo folder (default demo/; rerun resumes)"
+    )
+    p.add_argument("--patients", type=int, default=300, help="synthetic training patients (default 300)")
+    p.add_argument("--test-patients", type=int, default=None, help="synthetic off-site test patients")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-side", type=int, default=None, help="cap synthetic camera resolutions (pixels)")
+    p.add_argument(
+        "--compare-single", action="store_true", help="also train the no-fusion baseline and compare"
+    )
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the demo preset")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("score", help="the official ODIR-2019 score of a submission CSV against the truth")
     p.add_argument("--predictions", type=Path, required=True, help="submission CSV: ID,N,D,G,C,A,H,M,O")

@@ -1,0 +1,357 @@
+"""`eyefuse ablate`: the paper's ablation study (attention, fusion, preprocessing, head) as one
+resumable command.
+
+Every cell trains with the same split file and the same seeds, then is evaluated on the same test
+patients. A finished cell leaves `result.json` and is skipped on a rerun; a cell that was killed
+resumes from its `last` checkpoint. The table compares every cell with the reference cell by a
+paired bootstrap over test patients (the same resampled patients for both cells), which is much
+tighter than comparing two independent confidence intervals.
+
+A grid is YAML (or the built-in `paper`):
+
+```yaml
+base: paper                 # preset name or config file every cell starts from
+set: [train.epochs=20]      # overrides for every cell
+mode: one_at_a_time         # one_at_a_time (vary one factor from the reference) | full (all combinations)
+factors:                    # config key -> values; the reference cell uses the base config's values
+  model.attention: [none, se, cbam, residual_attention]
+  model.fusion: [single, concat, ffm, cross_attention]
+seeds: [0]
+split: auto                 # evaluated split: auto = offsite when the dataset has it, else test
+bootstrap: 1000
+```
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from eyefuse.errors import ConfigError
+from eyefuse.utils.io import atomic_write_json, atomic_write_text
+
+PAPER_GRID: dict[str, Any] = {
+    "base": "paper",
+    "set": [],
+    "mode": "one_at_a_time",
+    "factors": {
+        "model.attention": ["none", "se", "cbam", "residual_attention"],
+        "model.fusion": ["single", "concat", "ffm", "cross_attention"],
+        "preprocess.enhance": ["none", "graham", "clahe"],
+        "model.head": ["softmax", "sigmoid"],
+    },
+    "seeds": [0],
+    "split": "auto",
+    "bootstrap": 1000,
+}
+GRID_KEYS = {"base", "set", "mode", "factors", "seeds", "split", "bootstrap"}
+
+
+@dataclass
+class Cell:
+    """One configuration of the study: its name and the overrides that make it."""
+
+    name: str
+    overrides: dict[str, Any]
+    reference: bool = False
+
+    def set_args(self) -> list[str]:
+        return [f"{k}={v}" for k, v in self.overrides.items()]
+
+
+def load_grid(grid: str) -> dict[str, Any]:
+    """The built-in `paper` grid or a YAML file, validated."""
+    if grid == "paper":
+        spec = json.loads(json.dumps(PAPER_GRID))
+    else:
+        path = Path(grid)
+        if not path.is_file():
+            raise ConfigError(f"--grid {grid!r}: neither 'paper' nor an existing YAML file")
+        try:
+            spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--grid {path}: invalid YAML: {e}") from e
+        if not isinstance(spec, dict):
+            raise ConfigError(f"--grid {path}: top level must be a mapping")
+        unknown = set(spec) - GRID_KEYS
+        if unknown:
+            raise ConfigError(f"--grid {path}: unknown keys {sorted(unknown)} (allowed: {sorted(GRID_KEYS)})")
+        spec = {**{k: v for k, v in PAPER_GRID.items() if k != "factors"}, "factors": {}, **spec}
+    if not isinstance(spec["factors"], dict) or not spec["factors"]:
+        raise ConfigError(f"--grid {grid}: 'factors' must map config keys to lists of values")
+    for key, values in spec["factors"].items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"--grid {grid}: factor {key!r} needs a non-empty list of values")
+    if spec["mode"] not in ("one_at_a_time", "full"):
+        raise ConfigError(f"--grid {grid}: mode must be one_at_a_time or full, not {spec['mode']!r}")
+    if not isinstance(spec["seeds"], list) or not all(isinstance(s, int) for s in spec["seeds"]):
+        raise ConfigError(f"--grid {grid}: seeds must be a list of integers")
+    return spec
+
+
+def grid_cells(spec: dict[str, Any]) -> list[Cell]:
+    """The cells of a grid; the first is the reference (the base config as it is)."""
+    from eyefuse.config import load_config
+
+    base = load_config(spec["base"], list(spec.get("set") or []))
+    ref_values = {key: _get(base, key) for key in spec["factors"]}
+    cells = [Cell("reference", {}, reference=True)]
+    if spec["mode"] == "one_at_a_time":
+        for key, values in spec["factors"].items():
+            for v in values:
+                if v != ref_values[key]:
+                    cells.append(Cell(f"{key.split('.')[-1]}={v}", {key: v}))
+    else:
+        keys = list(spec["factors"])
+        for combo in itertools.product(*(spec["factors"][k] for k in keys)):
+            overrides = {k: v for k, v in zip(keys, combo, strict=True) if v != ref_values[k]}
+            if overrides:
+                cells.append(
+                    Cell(",".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items()), overrides)
+                )
+    for cell in cells:  # every cell must be a valid config before anything trains
+        load_config(spec["base"], [*list(spec.get("set") or []), *cell.set_args()])
+    return cells
+
+
+def _get(cfg: Any, key: str) -> Any:
+    obj = cfg
+    for part in key.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"grid factor {key!r}: unknown config key")
+        obj = getattr(obj, part)
+    return obj
+
+
+@dataclass
+class AblationSummary:
+    table_md: Path
+    table_csv: Path
+    trained: int
+    skipped: int
+    markdown: str
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.markdown}\n"
+            f"cells trained now: {self.trained}, already finished and skipped: {self.skipped}\n"
+            f"table: {self.table_md}  {self.table_csv}"
+        )
+
+
+def run_ablation(
+    data: str | os.PathLike[str],
+    grid: str,
+    out: str | os.PathLike[str],
+    *,
+    extra_set: list[str] | None = None,
+    progress: bool = True,
+) -> AblationSummary:
+    """Train and evaluate every cell of `grid` under `out` (resumable), then write the table."""
+    from eyefuse.config import load_config
+    from eyefuse.data.odir import load_dataset
+    from eyefuse.data.splits import split_dataset
+
+    out = Path(out)
+    spec = load_grid(grid)
+    spec["set"] = [*list(spec.get("set") or []), *(extra_set or [])]
+    cells = grid_cells(spec)
+    base = load_config(spec["base"], spec["set"])
+    split_file = out / "split.csv"
+    if not split_file.is_file():
+        split_dataset(
+            data,
+            split_file,
+            val_fraction=base.data.val_fraction,
+            seed=base.data.split_seed,
+            problem_images=base.data.problem_images,
+        )
+    split = spec["split"]
+    if split == "auto":
+        sources = load_dataset(data, problem_images=base.data.problem_images).sources()
+        split = "offsite" if "offsite" in sources else "test"
+    atomic_write_text(out / "grid.yaml", yaml.safe_dump({**spec, "split": split}, sort_keys=False))
+
+    trained = skipped = 0
+    for cell in cells:
+        for seed in spec["seeds"]:
+            run_dir = out / "cells" / cell.name / f"seed{seed}"
+            if (run_dir / "result.json").is_file():
+                skipped += 1
+                continue
+            overrides = [*spec["set"], *cell.set_args(), f"train.seed={seed}"]
+            _train_and_evaluate(data, spec["base"], overrides, run_dir, split_file, split, spec, progress)
+            trained += 1
+    rows, markdown = _table(out, cells, spec, split)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(out / "ablation.csv", buf.getvalue())
+    atomic_write_text(out / "ablation.md", markdown + "\n")
+    return AblationSummary(out / "ablation.md", out / "ablation.csv", trained, skipped, markdown, rows)
+
+
+def _train_and_evaluate(
+    data: str | os.PathLike[str],
+    base: str,
+    overrides: list[str],
+    run_dir: Path,
+    split_file: Path,
+    split: str,
+    spec: dict[str, Any],
+    progress: bool,
+) -> None:
+    from eyefuse.config import load_config
+    from eyefuse.eval.evaluate import predict_split
+    from eyefuse.eval.metrics import macro_auroc, official_score
+    from eyefuse.train.engine import fit
+
+    t0 = time.perf_counter()
+    cfg = load_config(base, overrides)
+    cfg.data.root = str(Path(data).resolve())
+    cfg.data.split_file = str(split_file.resolve())
+    resume = (run_dir / "last" / "meta.json").is_file()
+    fit(cfg, run_dir, resume=resume, progress=progress)
+    sp = predict_split(run_dir, split, progress=progress)
+    official = official_score(sp.truth, sp.prob)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["ID", *[f"true_{n}" for n in sp.label_names], *[f"prob_{n}" for n in sp.label_names]])
+    for i, pid in enumerate(sp.ids):
+        w.writerow([pid, *sp.truth[i].tolist(), *[f"{p:.8g}" for p in sp.prob[i]]])
+    atomic_write_text(run_dir / "predictions.csv", buf.getvalue())
+    atomic_write_json(
+        run_dir / "result.json",
+        {
+            "overrides": overrides,
+            "split": split,
+            "n_patients": len(sp.ids),
+            "official": official,
+            "macro_auroc": macro_auroc(sp.truth, sp.prob),
+            "seconds": time.perf_counter() - t0,
+        },
+    )
+
+
+def _read_predictions(run_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    with open(run_dir / "predictions.csv", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    n = (len(header) - 1) // 2
+    ids = [r[0] for r in body]
+    truth = np.array([[int(v) for v in r[1 : 1 + n]] for r in body], dtype=int)
+    prob = np.array([[float(v) for v in r[1 + n :]] for r in body], dtype=np.float64)
+    return ids, truth, prob
+
+
+def _scores(truth: np.ndarray, prob: np.ndarray) -> tuple[float, float]:
+    from eyefuse.eval.metrics import macro_auroc, official_score_fast
+
+    return official_score_fast(truth, prob)["final"], macro_auroc(truth, prob)
+
+
+def _table(
+    out: Path, cells: list[Cell], spec: dict[str, Any], split: str
+) -> tuple[list[dict[str, Any]], str]:
+    """Per cell: official final and macro AUROC (mean over seeds) with bootstrap CIs, and the
+    paired-bootstrap difference to the reference cell."""
+    n_boot = int(spec.get("bootstrap", 1000))
+    preds = {
+        (c.name, s): _read_predictions(out / "cells" / c.name / f"seed{s}")
+        for c in cells
+        for s in spec["seeds"]
+    }
+    ref_ids = preds[("reference", spec["seeds"][0])][0]
+    for key, (ids, _, _) in preds.items():
+        if ids != ref_ids:
+            raise ConfigError(f"ablation cell {key[0]} seed {key[1]} was evaluated on other patients")
+    n = len(ref_ids)
+    rng = np.random.default_rng(0)
+    samples = [rng.integers(0, n, n) for _ in range(n_boot)]
+
+    def stats(name: str) -> dict[str, Any]:
+        finals, aurocs = [], []
+        for s in spec["seeds"]:
+            _, truth, prob = preds[(name, s)]
+            f, a = _scores(truth, prob)
+            finals.append(f)
+            aurocs.append(a)
+        return {"final": float(np.mean(finals)), "auroc": float(np.mean(aurocs))}
+
+    def boot(name: str) -> dict[str, tuple[float, float]]:
+        vals: dict[str, list[float]] = {"final": [], "auroc": [], "d_final": [], "d_auroc": []}
+        for idx in samples:
+            f_c = a_c = f_r = a_r = 0.0
+            for s in spec["seeds"]:
+                _, truth, prob = preds[(name, s)]
+                _, rtruth, rprob = preds[("reference", s)]
+                fc, ac = _scores(truth[idx], prob[idx])
+                fr, ar = _scores(rtruth[idx], rprob[idx])
+                f_c, a_c, f_r, a_r = f_c + fc, a_c + ac, f_r + fr, a_r + ar
+            k = len(spec["seeds"])
+            for key, v in (("final", f_c), ("auroc", a_c), ("d_final", f_c - f_r), ("d_auroc", a_c - a_r)):
+                if not math.isnan(v):
+                    vals[key].append(v / k)
+        return {k: _interval(v) for k, v in vals.items()}
+
+    ref = stats("reference")
+    rows: list[dict[str, Any]] = []
+    for cell in cells:
+        st, ci = stats(cell.name), boot(cell.name)
+        rows.append(
+            {
+                "cell": cell.name,
+                "overrides": ";".join(cell.set_args()) or "(reference)",
+                "seeds": len(spec["seeds"]),
+                "final": round(st["final"], 4),
+                "final_lo": round(ci["final"][0], 4),
+                "final_hi": round(ci["final"][1], 4),
+                "macro_auroc": round(st["auroc"], 4),
+                "macro_auroc_lo": round(ci["auroc"][0], 4),
+                "macro_auroc_hi": round(ci["auroc"][1], 4),
+                "delta_final": round(st["final"] - ref["final"], 4),
+                "delta_final_lo": round(ci["d_final"][0], 4),
+                "delta_final_hi": round(ci["d_final"][1], 4),
+                "delta_macro_auroc": round(st["auroc"] - ref["auroc"], 4),
+                "delta_macro_auroc_lo": round(ci["d_auroc"][0], 4),
+                "delta_macro_auroc_hi": round(ci["d_auroc"][1], 4),
+            }
+        )
+    lines = [
+        f"## Ablation around `{spec['base']}` on the {split} split ({n} patients, "
+        f"{len(spec['seeds'])} seed(s), {n_boot} paired bootstrap resamples)",
+        "",
+        "| cell | ODIR final [95% CI] | Δ final vs reference [95% CI] | macro AUROC [95% CI] "
+        "| Δ macro AUROC [95% CI] |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ref_mark = " (reference)" if r["cell"] == "reference" else ""
+        lines.append(
+            f"| {r['cell']}{ref_mark} | {r['final']:.4f} [{r['final_lo']:.4f}, {r['final_hi']:.4f}] "
+            f"| {r['delta_final']:+.4f} [{r['delta_final_lo']:+.4f}, {r['delta_final_hi']:+.4f}] "
+            f"| {r['macro_auroc']:.4f} [{r['macro_auroc_lo']:.4f}, {r['macro_auroc_hi']:.4f}] "
+            f"| {r['delta_macro_auroc']:+.4f} "
+            f"[{r['delta_macro_auroc_lo']:+.4f}, {r['delta_macro_auroc_hi']:+.4f}] |"
+        )
+    return rows, "\n".join(lines)
+
+
+def _interval(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return (math.nan, math.nan)
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(lo), float(hi)

@@ -1,0 +1,228 @@
+"""`eyefuse evaluate`: a checkpoint on one split, honestly.
+
+The checkpoint decides everything about inference (preprocessing, temperatures, thresholds); the
+split decides the patients. Thresholds and temperatures are fitted on the validation split during
+training; evaluating on that same split is refused unless `allow_same_split`, and the report then
+says so in a warning at the top.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eyefuse.errors import ConfigError, DataError
+
+
+@dataclass
+class SplitPredictions:
+    """Calibrated probabilities of one split with the truth, in the dataset's patient order."""
+
+    ids: list[str]
+    truth: np.ndarray
+    logits: np.ndarray
+    prob: np.ndarray
+    label_names: tuple[str, ...]
+    thresholds: np.ndarray
+    meta: dict[str, Any]
+    patients: list[Any]
+    dataset: Any
+    dropped: int
+
+
+def _split_file(ckpt_dir: Path, meta: dict[str, Any]) -> Path:
+    """The run's split file: as recorded, or beside the run folder when the run was moved."""
+    recorded = Path(meta.get("split_file") or "")
+    if recorded.is_file():
+        return recorded
+    for candidate in (ckpt_dir.parent / "split.csv", ckpt_dir / "split.csv"):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"{ckpt_dir}: the run's split file {recorded} is gone (expected split.csv in the run)")
+
+
+def predict_split(
+    checkpoint: str | os.PathLike[str],
+    split: str,
+    *,
+    data: str | os.PathLike[str] | None = None,
+    allow_same_split: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> SplitPredictions:
+    """Run a checkpoint on every patient of `split` (a name in the run's split file: train, val,
+    test, offsite, onsite) and return calibrated probabilities."""
+    import torch
+
+    from eyefuse.config import config_from_dict
+    from eyefuse.data.cache import PreprocessCache, prepare_images
+    from eyefuse.data.dataset import PairDataset, usable_patients
+    from eyefuse.data.odir import load_dataset
+    from eyefuse.data.prepare import default_cache_dir
+    from eyefuse.data.splits import apply_split
+    from eyefuse.eval.calibration import calibrated_probabilities
+    from eyefuse.train import checkpoint as ckpt
+    from eyefuse.train.engine import CachedLoader, evaluate, load_model
+
+    ckpt_dir = ckpt.resolve_checkpoint_dir(checkpoint)
+    meta = ckpt.read_meta(ckpt_dir)
+    cfg = config_from_dict(meta["config"])
+    fitted_on = (meta.get("calibration_split") or {}).get("name")
+    if fitted_on == split and not allow_same_split:
+        raise ConfigError(
+            f"the thresholds and temperatures of {ckpt_dir} were fitted on the {split!r} split: evaluating "
+            "there overstates performance. Evaluate another split (test, offsite, onsite), or pass "
+            "--allow-same-split to do it anyway (the report will say so)"
+        )
+    root = str(data) if data else cfg.data.root
+    if not root:
+        raise ConfigError("no dataset: pass --data (the checkpoint records none)")
+    dataset = load_dataset(root, problem_images=cfg.data.problem_images)
+    if tuple(dataset.label_names) != tuple(meta["label_names"]):
+        raise DataError(
+            f"the dataset's labels {list(dataset.label_names)} differ from the checkpoint's "
+            f"{meta['label_names']}",
+            file=root,
+        )
+    splits = apply_split(dataset, _split_file(ckpt_dir, meta))
+    if split not in splits or not splits[split]:
+        have = ", ".join(f"{k} ({len(v)})" for k, v in splits.items() if v)
+        raise ConfigError(f"--split {split!r}: no such split in this run; it has {have}")
+    patients, lost = usable_patients(splits[split])
+
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(root)
+    paths = sorted({p.eye_path(s) for p in patients for s in ("left", "right") if p.eye_path(s)})
+    result = prepare_images([Path(p) for p in paths], cfg.preprocess, cache_dir, progress=progress)
+    loader = CachedLoader(PreprocessCache(cache_dir, cfg.preprocess), {str(p): r for p, r in result.failed})
+    ds = PairDataset(patients, loader, dataset.label_names, size=cfg.preprocess.size)
+    dev = torch.device(device)
+    model = load_model(ckpt_dir, device=dev)
+    out = evaluate(model, ds, dev, cfg)
+    n_labels = len(dataset.label_names)
+    temps = meta.get("temperatures")
+    prob = calibrated_probabilities(out["logits"], cfg.model.head, temps)
+    thr = np.asarray(meta.get("thresholds") or [0.5] * n_labels, dtype=np.float64)
+    return SplitPredictions(
+        ids=[p.id for p in patients],
+        truth=out["labels"].astype(int),
+        logits=out["logits"],
+        prob=prob,
+        label_names=tuple(dataset.label_names),
+        thresholds=thr,
+        meta=meta,
+        patients=patients,
+        dataset=dataset,
+        dropped=len(lost),
+    )
+
+
+@dataclass
+class EvaluateSummary:
+    headline: str
+    report: Path
+    submission: Path | None
+    n_patients: int
+    evaluation: dict[str, Any]
+
+    def __str__(self) -> str:
+        lines = [self.headline, f"patients evaluated: {self.n_patients}", f"report: {self.report}"]
+        if self.submission:
+            lines.append(f"official submission CSV: {self.submission}")
+        return "\n".join(lines)
+
+
+def run_evaluate(
+    checkpoint: str | os.PathLike[str],
+    *,
+    split: str,
+    out: str | os.PathLike[str],
+    data: str | os.PathLike[str] | None = None,
+    allow_same_split: bool = False,
+    n_boot: int | None = None,
+    device: str = "cpu",
+    progress: bool = True,
+) -> EvaluateSummary:
+    """Predict a split, compute every metric with bootstrap CIs, write the report and the official
+    submission CSV into `out`."""
+    from eyefuse import ODIR_LABELS
+    from eyefuse.eval.metrics import evaluate_predictions
+    from eyefuse.eval.report import format_headline, write_report
+    from eyefuse.eval.score import write_submission
+    from eyefuse.train.checkpoint import resolve_checkpoint_dir
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    sp = predict_split(
+        checkpoint, split, data=data, allow_same_split=allow_same_split, device=device, progress=progress
+    )
+    cfg = sp.meta["config"]
+    boot = cfg["eval"]["bootstrap"] if n_boot is None else n_boot
+    evaluation = evaluate_predictions(
+        sp.truth,
+        sp.prob,
+        label_names=sp.label_names,
+        thresholds=sp.thresholds,
+        n_boot=boot,
+        seed=cfg["eval"]["bootstrap_seed"],
+    )
+    warnings = list(sp.meta.get("calibration_warnings") or [])
+    fitted_on = (sp.meta.get("calibration_split") or {}).get("name")
+    if fitted_on == split:
+        warnings.insert(
+            0,
+            f"thresholds and temperatures were fitted on the evaluated split ({split}, --allow-same-split): "
+            "these numbers are optimistic",
+        )
+    if split == "train":
+        warnings.insert(0, "evaluated on the training split: these numbers say nothing about new patients")
+    if sp.meta.get("thresholds") is None:
+        warnings.append("the checkpoint has no fitted thresholds: 0.5 used for every class")
+    if sp.dropped:
+        warnings.append(f"{sp.dropped} patients of the split have no usable eye and were not evaluated")
+    ckpt_dir = resolve_checkpoint_dir(checkpoint)
+    context = {
+        "dataset": {
+            "path": str(data or cfg["data"]["root"]),
+            "format": sp.dataset.format,
+            "synthetic": bool(sp.dataset.synthetic),
+        },
+        "synthetic": bool(sp.dataset.synthetic),
+        "evaluated_split": {"name": split, "patients": len(sp.ids)},
+        "split_sizes": sp.meta.get("split_sizes"),
+        "prevalence": {n: float(sp.truth[:, j].mean()) for j, n in enumerate(sp.label_names)},
+        "preprocess": cfg["preprocess"],
+        "model": cfg["model"],
+        "config_name": cfg.get("name"),
+        "config_hash": sp.meta.get("config_hash"),
+        "checkpoint": str(ckpt_dir),
+        "checkpoint_epoch": sp.meta.get("epoch"),
+        "calibration_split": fitted_on,
+        "threshold_method": sp.meta.get("threshold_method"),
+        "temperatures": sp.meta.get("temperatures"),
+        "versions": sp.meta.get("versions"),
+        "git_commit": sp.meta.get("git_commit"),
+        "warnings": warnings,
+    }
+    metrics_csv = ckpt_dir.parent / "metrics.csv"
+    files = write_report(
+        out,
+        evaluation,
+        truth=sp.truth,
+        prob=sp.prob,
+        context=context,
+        metrics_csv=metrics_csv if metrics_csv.is_file() else None,
+    )
+    submission = None
+    if tuple(sp.label_names) == ODIR_LABELS:
+        submission = out / f"submission_{split}.csv"
+        write_submission(submission, sp.ids, sp.prob, sp.label_names)
+    headline = format_headline(evaluation)
+    for w in warnings:
+        headline += f"\nwarning: {w}"
+    headline += f"\n(evaluated in {time.perf_counter() - t0:.1f} s)"
+    return EvaluateSummary(headline, files.html, submission, len(sp.ids), evaluation)
