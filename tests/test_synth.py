@@ -1,0 +1,313 @@
+"""Tests for the synthetic ODIR-format dataset generator (tiny sets: 12 + 4 patients at 256 px)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from eyefuse import ODIR_LABELS
+from eyefuse.data import synth
+from eyefuse.data.synth import (
+    CAMERAS,
+    COLUMNS,
+    KEYWORD_LABEL,
+    KEYWORD_SEPARATOR,
+    LABEL_BIT,
+    NON_DECIDING_KEYWORDS,
+    NORMAL_KEYWORD,
+    FieldOfView,
+    plan_patient,
+    render_eye,
+    synthesize,
+)
+from eyefuse.errors import ConfigError, EyefuseError
+
+N_TRAIN, N_TEST, SIDE = 12, 4, 256
+
+
+def _run(out: Path, seed: int = 7, **kw) -> synth.SynthSummary:
+    kw = {"n_patients": N_TRAIN, "n_test": N_TEST, "max_side": SIDE, "workers": 1, **kw}
+    return synthesize(out, seed=seed, **kw)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, synth.SynthSummary]:
+    out = tmp_path_factory.mktemp("synth") / "a"
+    return out, _run(out)
+
+
+def _read_fov(out: Path) -> list[dict[str, str]]:
+    with open(out / synth.FOV_CSV, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _annotations(out: Path) -> pd.DataFrame:
+    train = pd.read_excel(out / synth.TRAIN_ANNOTATION, engine="openpyxl")
+    test = pd.read_excel(out / synth.TEST_ANNOTATION, engine="openpyxl")
+    return pd.concat([train.assign(split="train"), test.assign(split="offsite")], ignore_index=True)
+
+
+def _eye_labels(keywords: str) -> tuple[str, ...]:
+    words = keywords.split(KEYWORD_SEPARATOR)
+    known = set(KEYWORD_LABEL) | set(NON_DECIDING_KEYWORDS) | {NORMAL_KEYWORD}
+    assert set(words) <= known, words
+    labels = {KEYWORD_LABEL[w] for w in words if w in KEYWORD_LABEL}
+    if not labels:
+        assert NORMAL_KEYWORD in words
+        return ("N",)
+    assert NORMAL_KEYWORD not in words
+    return tuple(lab for lab in ODIR_LABELS if lab in labels)
+
+
+def test_layout_columns_and_ids(dataset):
+    out, summary = dataset
+    train = pd.read_excel(out / synth.TRAIN_ANNOTATION, engine="openpyxl")
+    test = pd.read_excel(out / synth.TEST_ANNOTATION, engine="openpyxl")
+    assert list(train.columns) == list(COLUMNS) == list(test.columns)
+    assert len(train) == N_TRAIN and len(test) == N_TEST
+    assert train["ID"].tolist() == list(range(N_TRAIN))
+    assert not set(train["ID"]) & set(test["ID"])
+    for folder, frame in ((out / synth.TRAIN_IMAGES, train), (out / synth.TEST_IMAGES, test)):
+        for _, row in frame.iterrows():
+            assert row["Left-Fundus"] == f"{row['ID']}_left.jpg"
+            assert row["Right-Fundus"] == f"{row['ID']}_right.jpg"
+            for name in (row["Left-Fundus"], row["Right-Fundus"]):
+                assert (folder / name).is_file()
+                assert (out / synth.MASKS / name.replace(".jpg", ".png")).is_file()
+        assert set(frame["Patient Sex"]) <= {"Female", "Male"}
+        assert frame["Patient Age"].between(20, 90).all()
+    marker = json.loads((out / synth.MARKER).read_text(encoding="utf-8"))
+    assert marker["synthetic"] is True and marker["complete"] is True
+    assert marker["label_order"] == list(ODIR_LABELS) and marker["seed"] == 7
+    assert marker["patients"] == {"train": N_TRAIN, "offsite": N_TEST}
+    rows = _read_fov(out)
+    assert list(rows[0])[:4] == ["path", "cx", "cy", "radius"]
+    assert len(rows) == 2 * (N_TRAIN + N_TEST) == len(summary.images)
+    assert not list(out.rglob("*.tmp*")), "temporary files left behind"
+
+
+def test_same_seed_is_identical_and_another_seed_differs(dataset, tmp_path):
+    out, _ = dataset
+    again = tmp_path / "again"
+    _run(again)
+    pd.testing.assert_frame_equal(_annotations(out), _annotations(again))
+    assert (out / synth.FOV_CSV).read_bytes() == (again / synth.FOV_CSV).read_bytes()
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.suffix in (".jpg", ".png"))
+    assert len(files) == 4 * (N_TRAIN + N_TEST)
+    for rel in files:
+        assert (out / rel).read_bytes() == (again / rel).read_bytes(), rel
+
+    other = tmp_path / "other"
+    _run(other, seed=8)
+    assert not _annotations(out).equals(_annotations(other))
+    assert (out / synth.TRAIN_IMAGES / "0_left.jpg").read_bytes() != (
+        other / synth.TRAIN_IMAGES / "0_left.jpg"
+    ).read_bytes()
+
+
+def test_worker_processes_give_the_same_bytes(dataset, tmp_path):
+    """Patients are independent: four patients drawn by two processes equal the first four of the
+    single-process set."""
+    out, _ = dataset
+    pooled = tmp_path / "pooled"
+    synthesize(pooled, n_patients=4, n_test=0, seed=7, max_side=SIDE, workers=2)
+    for pid in range(4):
+        for side in ("left", "right"):
+            name = f"{pid}_{side}"
+            assert (pooled / synth.TRAIN_IMAGES / f"{name}.jpg").read_bytes() == (
+                out / synth.TRAIN_IMAGES / f"{name}.jpg"
+            ).read_bytes()
+            assert (pooled / synth.MASKS / f"{name}.png").read_bytes() == (
+                out / synth.MASKS / f"{name}.png"
+            ).read_bytes()
+
+
+def test_images_are_fundus_photographs_of_the_recorded_camera(dataset):
+    out, _ = dataset
+    cameras = {cam.name: cam for cam in CAMERAS}
+    for row in _read_fov(out):
+        img = cv2.imread(str(out / row["path"]), cv2.IMREAD_COLOR)
+        assert img is not None, row["path"]
+        h, w = img.shape[:2]
+        assert (w, h) == (int(row["width"]), int(row["height"])) == cameras[row["camera"]].size(SIDE)
+        cx, cy, r = float(row["cx"]), float(row["cy"]), float(row["radius"])
+        gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.float32)
+        yy, xx = np.mgrid[:h, :w]
+        d = np.hypot(xx - cx, yy - cy)
+        border, interior = gray[d > r + 3], gray[d < 0.5 * r]
+        assert border.size > 0 and border.mean() < 35, row["path"]
+        assert interior.mean() > border.mean() + 35, row["path"]
+        # orange-red fundus: red dominates blue inside the circle
+        assert img[..., 2][d < 0.5 * r].mean() > 1.5 * img[..., 0][d < 0.5 * r].mean(), row["path"]
+
+
+def test_masks_mark_exactly_the_eye_labels(dataset):
+    out, _ = dataset
+    seen = set()
+    for row in _read_fov(out):
+        mask = cv2.imread(str(out / row["mask"]), cv2.IMREAD_UNCHANGED)
+        assert mask is not None and mask.dtype == np.uint8 and mask.ndim == 2
+        assert mask.shape == (int(row["height"]), int(row["width"]))
+        labels = row["labels"].split()
+        present = {lab for lab in ODIR_LABELS if np.any(mask & LABEL_BIT[lab])}
+        assert present == (set() if labels == ["N"] else set(labels)), (row["path"], present, labels)
+        assert not np.any(mask & 1), "bit 0 (N) must never be set"
+        cx, cy, r = float(row["cx"]), float(row["cy"]), float(row["radius"])
+        yy, xx = np.nonzero(mask)
+        assert yy.size == 0 or np.hypot(xx - cx, yy - cy).max() <= r + 1
+        seen.update(labels)
+    assert "N" in seen and len(seen) > 2
+
+
+def test_keywords_and_labels_follow_the_odir_rule(dataset):
+    out, _ = dataset
+    frame = _annotations(out)
+    per_eye = {row["path"].split("/")[-1]: tuple(row["labels"].split()) for row in _read_fov(out)}
+    for _, row in frame.iterrows():
+        left = _eye_labels(row["Left-Diagnostic Keywords"])
+        right = _eye_labels(row["Right-Diagnostic Keywords"])
+        assert per_eye[row["Left-Fundus"]] == left and per_eye[row["Right-Fundus"]] == right
+        union = (set(left) | set(right)) - {"N"}
+        want = union or {"N"}
+        got = {lab for lab in ODIR_LABELS if row[lab] == 1}
+        assert got == want, (row["ID"], got, want)
+        assert set(row[list(ODIR_LABELS)].unique()) <= {0, 1}
+
+
+def test_larger_set_has_one_eyed_patients_and_every_label(tmp_path):
+    out = tmp_path / "s60"
+    summary = synthesize(out, n_patients=60, n_test=0, seed=3, max_side=128, workers=1)
+    frame = pd.read_excel(out / synth.TRAIN_ANNOTATION, engine="openpyxl")
+    normal_left = (
+        frame["Left-Diagnostic Keywords"].str.split(KEYWORD_SEPARATOR).map(lambda w: NORMAL_KEYWORD in w)
+    )
+    normal_right = (
+        frame["Right-Diagnostic Keywords"].str.split(KEYWORD_SEPARATOR).map(lambda w: NORMAL_KEYWORD in w)
+    )
+    one_eyed = (frame["N"] == 0) & (normal_left ^ normal_right)
+    assert one_eyed.sum() >= 1
+    assert summary.one_eye_only["train"] == int(one_eyed.sum())
+    # categories are dealt in blocks of 20 IDs: every label occurs in 60 patients
+    assert all(frame[lab].sum() >= 3 for lab in ODIR_LABELS)
+    assert not (out / synth.TEST_ANNOTATION).exists()
+    text = str(summary)
+    assert "train" in text and "60" in text and str(out) in text and "%" in text
+
+
+def test_plan_prevalence_is_odir_like_and_every_label_is_common():
+    plans = [plan_patient(0, pid) for pid in range(400)]
+    prevalence = np.array([p.labels for p in plans]).mean(0)
+    share = dict(zip(ODIR_LABELS, prevalence, strict=True))
+    assert 0.25 <= share["N"] <= 0.35 and 0.22 <= share["D"] <= 0.35 and 0.18 <= share["O"] <= 0.32
+    assert all(share[lab] >= 0.05 for lab in ODIR_LABELS)
+    assert {p.sex for p in plans} == {"Female", "Male"}
+    ages = {lab: np.mean([p.age for p in plans if p.labels[i]]) for i, lab in enumerate(ODIR_LABELS)}
+    assert ages["A"] > ages["N"] + 8 and ages["C"] > ages["N"] + 8
+    assert plan_patient(0, 5) == plan_patient(0, 5) and plan_patient(0, 5) != plan_patient(1, 5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_optic_disc_is_nasal_right_eye_right_left_eye_left(seed):
+    for side in ("left", "right"):
+        eye = render_eye(np.random.default_rng(seed), set(), side, (256, 256))
+        gray = cv2.cvtColor(eye.rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        blob = cv2.GaussianBlur(gray, (0, 0), 6)
+        _, _, _, (x, _) = cv2.minMaxLoc(blob)
+        if side == "right":
+            assert x > eye.fov.cx + 0.3 * eye.fov.radius
+        else:
+            assert x < eye.fov.cx - 0.3 * eye.fov.radius
+
+
+@pytest.mark.parametrize(
+    "keyword",
+    sorted(KEYWORD_LABEL),
+)
+def test_each_disease_keyword_draws_and_marks_its_own_sign(keyword):
+    label = KEYWORD_LABEL[keyword]
+    rng = np.random.default_rng(11)
+    eye = render_eye(rng, {label}, "left", (192, 192), keywords=(keyword,))
+    assert eye.rgb.shape == (192, 192, 3) and eye.rgb.dtype == np.uint8
+    assert eye.mask.shape == (192, 192) and eye.mask.dtype == np.uint8
+    assert {lab for lab in ODIR_LABELS if np.any(eye.mask & LABEL_BIT[lab])} == {label}
+    # the sign changes the photograph: compare with the same eye drawn normal from the same state
+    normal = render_eye(np.random.default_rng(11), set(), "left", (192, 192), keywords=(NORMAL_KEYWORD,))
+    assert np.abs(eye.rgb.astype(int) - normal.rgb.astype(int)).max() > 30
+
+
+def test_normal_eye_with_non_deciding_keywords_has_an_empty_mask():
+    eye = render_eye(
+        np.random.default_rng(2),
+        {"N"},
+        "right",
+        (160, 128),
+        keywords=(NORMAL_KEYWORD, "lens dust", "low image quality"),
+    )
+    assert eye.labels == ("N",) and not eye.mask.any()
+    a = render_eye(np.random.default_rng(5), {"D", "H"}, "left", (128, 128))
+    b = render_eye(np.random.default_rng(5), {"D", "H"}, "left", (128, 128))
+    assert np.array_equal(a.rgb, b.rgb) and np.array_equal(a.mask, b.mask) and a.keywords == b.keywords
+
+
+def test_circle_cut_off_at_top_and_bottom():
+    fov = FieldOfView(128.0, 85.0, 100.0)  # taller than the 171-pixel frame
+    eye = render_eye(np.random.default_rng(0), set(), "right", (256, 171), fov=fov, border=0, notch=False)
+    gray = cv2.cvtColor(eye.rgb, cv2.COLOR_RGB2GRAY)
+    assert gray[0, 118:138].mean() > 40 and gray[-1, 118:138].mean() > 40  # fundus reaches the edges
+    assert gray[85, :20].mean() < 10 and gray[85, -20:].mean() < 10  # black at the sides
+
+
+@pytest.mark.parametrize(
+    ("labels", "kw", "match"),
+    [
+        ({"X"}, {}, "unknown labels"),
+        ({"N", "D"}, {}, "cannot be combined"),
+        ({"D"}, {"keywords": ("glaucoma",)}, "were asked for"),
+        ({"D"}, {"keywords": ("diabetes!",)}, "vocabulary"),
+        (set(), {"side": "middle"}, "side"),
+        (set(), {"size": (10, 10)}, "size"),
+    ],
+)
+def test_render_eye_refuses_bad_requests(labels, kw, match):
+    args = {"side": "left", "size": (64, 64), **kw}
+    side, size = args.pop("side"), args.pop("size")
+    with pytest.raises(ConfigError, match=match):
+        render_eye(np.random.default_rng(0), labels, side, size, **args)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{"n_patients": 0}, {"n_test": -1}, {"seed": -1}, {"max_side": 10}, {"workers": 0}],
+)
+def test_synthesize_refuses_bad_options(tmp_path, kw):
+    with pytest.raises(ConfigError):
+        _run(tmp_path / "x", **kw)
+    assert not (tmp_path / "x").exists()
+
+
+def test_refuses_foreign_folder_and_cleans_its_own_leftovers(tmp_path):
+    foreign = tmp_path / "real"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("precious", encoding="utf-8")
+    with pytest.raises(EyefuseError, match="SYNTHETIC.json"):
+        _run(foreign)
+    assert (foreign / "notes.txt").read_text(encoding="utf-8") == "precious"
+
+    out = tmp_path / "s"
+    synthesize(out, n_patients=5, n_test=1, seed=1, max_side=128, workers=1)
+    assert (out / synth.TEST_ANNOTATION).is_file()
+    smaller = synthesize(out, n_patients=3, n_test=0, seed=1, max_side=128, workers=1)
+    # patients 3, 4 and test patient 10000: two photographs and two masks each, plus the test annotation
+    assert smaller.removed_stale == 3 * 4 + 1
+    assert "removed 13" in str(smaller)
+    assert not (out / synth.TRAIN_IMAGES / "4_left.jpg").exists()
+    assert not (out / "Off-site Test Set").exists()
+    assert sorted(p.name for p in (out / synth.TRAIN_IMAGES).iterdir()) == sorted(
+        f"{i}_{s}.jpg" for i in range(3) for s in ("left", "right")
+    )
