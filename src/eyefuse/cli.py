@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-side",
         type=int,
         default=None,
-        help="cap camera resolutions at this many pixels (small test sets)",
+        help="cap camera resolutions at this many pixels (default 768; 0 = full camera resolution)",
     )
     p.set_defaults(func=cmd_synth)
 
