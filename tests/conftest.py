@@ -142,3 +142,13 @@ def odir_rows() -> list[dict]:
 @pytest.fixture
 def make_challenge() -> Callable[..., Path]:
     return _make_challenge
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread() -> None:
+    """Tiny test models run fastest on one thread; idle OpenMP threads spin on a busy 2-core machine."""
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)

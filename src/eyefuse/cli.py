@@ -173,6 +173,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- inference commands --------------------------------------------------------------------------
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from eyefuse.serve.predict import run_predict
+
+    summary = run_predict(
+        args.checkpoint,
+        left=args.left,
+        right=args.right,
+        csv=args.csv,
+        directory=args.dir,
+        out=args.out,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+        device=args.device,
+    )
+    print(summary)
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from eyefuse.serve.explain import run_explain
+
+    print(run_explain(args.checkpoint, args.left, args.right, args.out, args.labels, device=args.device))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from eyefuse.serve.export import export_onnx
+
+    print(export_onnx(args.checkpoint, args.out, opset=args.opset, check=not args.no_check))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eyefuse",
@@ -294,6 +329,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", type=Path, required=True, help="annotation xlsx/csv with ID and the 8 labels")
     p.add_argument("--json", action="store_true", help="print JSON (kappa, f1, auc, final)")
     p.set_defaults(func=cmd_score)
+
+    ckpt_help = "run folder, checkpoint folder, or exported .onnx file"
+    p = sub.add_parser("predict", help="predict patients: one pair, a CSV of pairs, or a folder")
+    p.add_argument("--checkpoint", required=True, help=ckpt_help)
+    p.add_argument("--left", type=Path, help="left-eye photograph (one patient)")
+    p.add_argument("--right", type=Path, help="right-eye photograph (one patient)")
+    p.add_argument("--csv", type=Path, help="CSV with patient_id,left,right")
+    p.add_argument("--dir", type=Path, help="folder of {ID}_left.* / {ID}_right.* photographs")
+    p.add_argument("--out", type=Path, help="output: .json (full) or .csv (official ID,N,...,O)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (PyTorch checkpoints)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("explain", help="Grad-CAM per eye for the predicted (or chosen) labels")
+    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder (PyTorch)")
+    p.add_argument("--left", type=Path, help="left-eye photograph")
+    p.add_argument("--right", type=Path, help="right-eye photograph")
+    p.add_argument("--out", type=Path, required=True, help="folder for the PNGs and explanation.json")
+    p.add_argument("--labels", help="comma-separated labels to explain (default: those predicted positive)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_explain)
+
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (+ JSON sidecar), checked against PyTorch")
+    p.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
+    p.add_argument("--out", type=Path, required=True, help="output .onnx file")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity check (not advised)")
+    p.set_defaults(func=cmd_export)
 
     return parser
 

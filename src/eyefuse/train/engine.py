@@ -244,25 +244,23 @@ def make_loader(dataset: Dataset, batches: Sequence[Sequence[int]], num_workers:
 
 def param_groups(model: nn.Module, cfg: Config, backbone_pretrained: bool) -> list[dict[str, Any]]:
     """AdamW/SGD groups: pretrained backbone weights at `lr * backbone_lr_mult` (layer-wise lower LR)
-    when the backbone starts from weights; no weight decay on norms and biases."""
+    when the backbone starts from weights (attention inserted into it is new and gets the full LR);
+    no weight decay on norms, biases and scalars."""
     mult = cfg.train.backbone_lr_mult if backbone_pretrained else 1.0
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        is_backbone = name.startswith("backbone") and "attn" not in name and "attention" not in name
-        no_decay = p.ndim <= 1
-        groups.setdefault((is_backbone, no_decay), []).append(p)
     out = []
-    for (is_backbone, no_decay), params in sorted(groups.items()):
-        out.append(
-            {
-                "params": params,
-                "lr": cfg.train.lr * (mult if is_backbone else 1.0),
-                "lr_mult": mult if is_backbone else 1.0,
-                "weight_decay": 0.0 if no_decay else cfg.train.weight_decay,
-            }
-        )
+    for group, params in model.parameter_groups().items():
+        lr_mult = mult if group == "backbone" else 1.0
+        for no_decay in (False, True):
+            chosen = [p for p in params if p.requires_grad and (p.ndim <= 1) == no_decay]
+            if chosen:
+                out.append(
+                    {
+                        "params": chosen,
+                        "lr": cfg.train.lr * lr_mult,
+                        "lr_mult": lr_mult,
+                        "weight_decay": 0.0 if no_decay else cfg.train.weight_decay,
+                    }
+                )
     return out
 
 
@@ -763,18 +761,18 @@ def calibrate_checkpoint(path: Path, val_set: Dataset, device: torch.device, cfg
 def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> nn.Module:
     """Rebuild a model from a checkpoint folder (config + label names from meta.json, weights from
     safetensors) in eval mode."""
+    from eyefuse.errors import CheckpointError
     from eyefuse.models import build_model
 
     meta = ckpt.read_meta(path)
     cfg = config_from_dict(meta["config"])
-    cfg.model.pretrained = False  # the checkpoint holds every weight
-    cfg.model.weights = None
-    model = build_model(cfg.model, meta["label_names"])
+    model = build_model(cfg.model, meta["label_names"], load_weights=False)  # the checkpoint holds them all
     state = ckpt.load_model_state(path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes: {e}") from e
     if missing or unexpected:
-        from eyefuse.errors import CheckpointError
-
         raise CheckpointError(
             f"{path}: weights do not match the model in its config "
             f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})"

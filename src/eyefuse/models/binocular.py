@@ -1,0 +1,336 @@
+"""The whole binocular model: per-eye backbone (+ attention) -> fusion of both eyes -> multi-label head.
+
+Use `build_model(cfg, label_names)`; it validates the settings, builds `BinocularNet` and loads the
+backbone weights (timm's hub download or a local file). Inputs are two float batches ``B x 3 x H x W``
+normalised with ``model.mean``/``model.std`` (``model.normalize`` does it from 0-255 pixels).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from eyefuse import ODIR_LABELS
+from eyefuse.config import ModelConfig
+from eyefuse.errors import ConfigError
+from eyefuse.models.attention import ATTENTION_TYPES, recording_allowed, spatial_gates
+from eyefuse.models.backbone import (
+    PLACEMENTS,
+    Backbone,
+    WeightsReport,
+    load_backbone_weights,
+    read_state_dict,
+)
+from eyefuse.models.fusion import FUSION_TYPES, create_fusion, global_pool
+
+HEADS: dict[str, str] = {
+    "sigmoid": "independent per-label probabilities (multi-label; BCE, focal or ASL loss)",
+    "softmax": "the paper's softmax over the labels; probabilities = softmax / its row maximum",
+}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class BinocularNet(nn.Module):
+    """Two eyes -> patient logits, after Li et al. 2022 (ResNet-50 + attention, fusion, 8 labels).
+
+    Build it with `build_model`. Modules: ``backbone`` (shared by both eyes) or ``backbone_left`` and
+    ``backbone_right`` (``shared_backbone=False``), ``fusion``, ``head_drop`` + ``head``, and
+    ``aux_head`` (one per-eye classifier applied to each eye, when ``aux_eye_heads`` and the fusion is
+    not ``single``).
+
+    Attributes:
+        cfg: the `ModelConfig` it was built from (``num_classes`` = ``len(label_names)``).
+        label_names: the output labels, in logit order.
+        mean, std: per-channel input normalisation (RGB, 0-1 scale) of the backbone's pretraining,
+            ImageNet's for the ResNets.
+        num_features: channels C of each eye's feature map.
+        weights_report: what loading a local weights file did (None otherwise).
+    """
+
+    def __init__(self, cfg: ModelConfig, label_names: Sequence[str], *, pretrained: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        self.label_names: tuple[str, ...] = tuple(label_names)
+        self.weights_report: WeightsReport | None = None
+        first = Backbone(cfg.backbone, cfg.attention, cfg.attention_placement, pretrained=pretrained)
+        pcfg = getattr(first.body, "pretrained_cfg", None) or {}
+        self.mean: tuple[float, ...] = tuple(float(v) for v in pcfg.get("mean", IMAGENET_MEAN))
+        self.std: tuple[float, ...] = tuple(float(v) for v in pcfg.get("std", IMAGENET_STD))
+        self.num_features = first.num_features
+        self.shared = cfg.shared_backbone
+        if self.shared:
+            self.backbone = first
+        else:
+            self.backbone_left = first
+            self.backbone_right = copy.deepcopy(first)  # same start (incl. weights loaded later)
+        self.fusion = create_fusion(cfg.fusion, self.num_features)
+        self.head_drop = nn.Dropout(cfg.drop_rate)
+        self.head = nn.Linear(self.fusion.out_dim, len(self.label_names))
+        # With `single` fusion the head already classifies each eye: its per-eye logits are the aux ones.
+        self.aux_head = (
+            nn.Linear(self.num_features, len(self.label_names))
+            if cfg.aux_eye_heads and not self.fusion.per_eye
+            else None
+        )
+        self._map_batch = 0
+
+    # --- structure -----------------------------------------------------------------------------
+
+    def backbones(self) -> dict[str, Backbone]:
+        """``{"shared": backbone}`` or ``{"left": ..., "right": ...}``."""
+        if self.shared:
+            return {"shared": self.backbone}
+        return {"left": self.backbone_left, "right": self.backbone_right}
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``"backbone"``: the (pre)trained backbone weights; ``"new"``: attention, fusion and heads.
+
+        For layer-wise learning rates: the attention inserted into the backbone is new and belongs
+        with the fusion and heads, not with the pretrained weights.
+        """
+        prefixes = ("backbone",) if self.shared else ("backbone_left", "backbone_right")
+        new_names = {
+            f"{prefix}.{n}" for prefix in prefixes for n in getattr(self, prefix).new_parameter_names()
+        }
+        in_backbone = tuple(f"{prefix}." for prefix in prefixes)
+        groups: dict[str, list[nn.Parameter]] = {"backbone": [], "new": []}
+        for name, p in self.named_parameters():
+            pretrained = name.startswith(in_backbone) and name not in new_names
+            groups["backbone" if pretrained else "new"].append(p)
+        return groups
+
+    # --- forward -------------------------------------------------------------------------------
+
+    def forward_features(self, left: torch.Tensor, right: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each eye's last feature map ``B x C x h x w`` (after the last-stage attention).
+
+        A shared backbone runs once on the two eyes concatenated along the batch (one call, better
+        GPU use, one set of BatchNorm statistics), then the output is split.
+        """
+        if left.ndim != 4 or left.shape != right.shape:
+            raise ValueError(
+                f"left and right must be B x 3 x H x W batches of the same shape, got {tuple(left.shape)} "
+                f"and {tuple(right.shape)}"
+            )
+        batch = left.shape[0]
+        if self.shared:
+            # Slicing, not .split(batch): the ONNX exporter would freeze the batch size at a split.
+            both = self.backbone(torch.cat([left, right], dim=0))
+            feat_left, feat_right = both[:batch], both[batch:]
+        else:
+            feat_left, feat_right = self.backbone_left(left), self.backbone_right(right)
+        if recording_allowed():
+            self._map_batch = batch
+        return feat_left, feat_right
+
+    def forward_head(self, fused: torch.Tensor) -> torch.Tensor:
+        """Classifier on the fused patient vector ``... x D`` -> logits ``... x L``."""
+        return self.head(self.head_drop(fused))
+
+    def forward(
+        self,
+        left: torch.Tensor,
+        right: torch.Tensor,
+        left_present: torch.Tensor | None = None,
+        right_present: torch.Tensor | None = None,
+        return_features: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """Patient logits from both eyes.
+
+        Args:
+            left, right: normalised float images ``B x 3 x H x W`` (same shape).
+            left_present, right_present: bool ``(B,)``; where an eye is absent its features are
+                replaced by the other eye's before fusion (so every fusion works with one eye; the
+                absent image's pixels do not matter in eval mode; in training mode they still enter
+                the BatchNorm batch statistics). Both absent for a patient is a ValueError.
+            return_features: also return ``left_features``/``right_features``, each eye's own last
+                feature map (before the missing-eye replacement), still attached to the graph. For
+                Grad-CAM of both eyes from one backward pass::
+
+                    out = model(left, right, return_features=True)
+                    gl, gr = torch.autograd.grad(out["logits"][:, k].sum(),
+                                                 [out["left_features"], out["right_features"]])
+
+        Returns:
+            ``logits`` (B x L); with ``aux_eye_heads`` also ``left_logits``, ``right_logits``
+            (B x L, each eye alone; for an absent eye they are the other eye's, so mask that eye's
+            auxiliary loss). With ``single`` fusion ``logits`` is the maximum of the per-eye logits.
+        """
+        feat_left, feat_right = self.forward_features(left, right)
+        out: dict[str, torch.Tensor] = {}
+        if return_features:
+            out["left_features"], out["right_features"] = feat_left, feat_right
+        feat_left, feat_right = self._fill_missing(feat_left, feat_right, left_present, right_present)
+        fused = self.fusion(feat_left, feat_right)
+        if self.fusion.per_eye:
+            eye_logits = self.forward_head(fused)  # 2 x B x L
+            out["logits"] = torch.maximum(eye_logits[0], eye_logits[1])
+            if self.cfg.aux_eye_heads:
+                out["left_logits"], out["right_logits"] = eye_logits[0], eye_logits[1]
+        else:
+            out["logits"] = self.forward_head(fused)
+            if self.aux_head is not None:
+                out["left_logits"] = self.aux_head(global_pool(feat_left))
+                out["right_logits"] = self.aux_head(global_pool(feat_right))
+        return out
+
+    @staticmethod
+    def _fill_missing(
+        feat_left: torch.Tensor,
+        feat_right: torch.Tensor,
+        left_present: torch.Tensor | None,
+        right_present: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if left_present is None and right_present is None:
+            return feat_left, feat_right
+        batch = feat_left.shape[0]
+        masks = []
+        for name, mask in (("left_present", left_present), ("right_present", right_present)):
+            if mask is None:
+                mask = torch.ones(batch, dtype=torch.bool, device=feat_left.device)
+            elif mask.shape != (batch,):
+                raise ValueError(f"{name} must have shape ({batch},), got {tuple(mask.shape)}")
+            masks.append(mask.to(device=feat_left.device, dtype=torch.bool))
+        lp, rp = masks
+        neither = ~(lp | rp)
+        # A check on tensor values cannot be traced; it runs in eager use, not while exporting.
+        if recording_allowed() and bool(neither.any()):
+            raise ValueError(
+                f"both eyes absent for batch rows {neither.nonzero().flatten().tolist()}: "
+                "a patient needs at least one eye"
+            )
+        new_left = torch.where(lp.view(-1, 1, 1, 1), feat_left, feat_right)
+        new_right = torch.where(rp.view(-1, 1, 1, 1), feat_right, feat_left)
+        return new_left, new_right
+
+    # --- outputs ---------------------------------------------------------------------------------
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-label scores in [0, 1] from logits (``... x L``).
+
+        ``sigmoid`` head: the sigmoid. ``softmax`` head: the softmax divided by its row maximum. The
+        paper classifies the 8 labels with a softmax, but a patient can have several labels: a softmax
+        spreads the mass over them (k equally likely labels get 1/k each, which a 0.5 threshold would
+        miss for k >= 2). Dividing by the row maximum keeps the ranking and gives 1.0 to each of k
+        labels that share the mass equally, so thresholds mean the same for one label or several.
+        """
+        if self.cfg.head == "sigmoid":
+            return torch.sigmoid(logits)
+        p = torch.softmax(logits, dim=-1)
+        return p / p.amax(dim=-1, keepdim=True)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """0-255 pixels (uint8 or float, ``[B x] 3 x H x W``, RGB) -> the model's normalised float input."""
+        if x.ndim not in (3, 4) or x.shape[-3] != 3:
+            raise ValueError(f"expected [B x] 3 x H x W RGB images, got shape {tuple(x.shape)}")
+        x = x.float() / 255.0
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+        return (x - mean) / std
+
+    def spatial_attention_maps(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The last forward pass's spatial attention maps, per eye.
+
+        Returns ``{"left": {module_name: B x 1 x h x w}, "right": {...}}`` (values in (0, 1),
+        detached); empty dicts when the attention has no spatial gate (``none``, ``se``, ``eca``).
+        Module names are relative to the backbone (e.g. ``attn.spatial`` for placement ``last``,
+        ``body.layer4.2.se.spatial`` for ``all``). A shared backbone ran on ``[left; right]``: its
+        maps are split at the batch size of that call.
+        """
+        maps: dict[str, dict[str, torch.Tensor]] = {"left": {}, "right": {}}
+        for key, backbone in self.backbones().items():
+            for name, gate in spatial_gates(backbone).items():
+                m = gate.last_map
+                if m is None:
+                    continue
+                if key == "shared":
+                    if m.shape[0] != 2 * self._map_batch:
+                        raise RuntimeError(
+                            f"spatial map {name} has batch {m.shape[0]}, not 2 x {self._map_batch}: the "
+                            "backbone was called outside BinocularNet.forward"
+                        )
+                    maps["left"][name], maps["right"][name] = m[: self._map_batch], m[self._map_batch :]
+                else:
+                    maps[key][name] = m
+        return maps
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Parameter counts: ``total``, ``trainable`` and, for a `BinocularNet`, ``backbone`` (weights a
+    pretrained file provides), ``attention`` (inserted into the backbone), ``fusion`` and ``head``
+    (classifier + auxiliary per-eye head)."""
+    counts = {
+        "total": sum(p.numel() for p in model.parameters()),
+        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
+    if isinstance(model, BinocularNet):
+        groups = model.parameter_groups()
+        fusion = sum(p.numel() for p in model.fusion.parameters())
+        counts["backbone"] = sum(p.numel() for p in groups["backbone"])
+        counts["fusion"] = fusion
+        counts["head"] = sum(
+            p.numel() for m in (model.head, model.aux_head) if m is not None for p in m.parameters()
+        )
+        counts["attention"] = sum(p.numel() for p in groups["new"]) - fusion - counts["head"]
+    return counts
+
+
+def build_model(
+    cfg: ModelConfig, label_names: Sequence[str] | None = None, *, load_weights: bool = True
+) -> BinocularNet:
+    """Validate ``cfg``, build a `BinocularNet` and load its backbone weights.
+
+    Args:
+        cfg: the model settings; ``num_classes`` is replaced by ``len(label_names)`` when names are given
+            (a dataset carries its own labels; ``model.cfg`` records the number actually built).
+        label_names: output labels; default the ODIR labels when ``cfg.num_classes`` is 8, else
+            ``class_0 ...``.
+        load_weights: False skips both the hub download and ``cfg.weights`` (restoring a checkpoint,
+            which provides every weight itself).
+
+    Weights: ``cfg.weights`` -> `load_backbone_weights` (into both backbones when not shared);
+    otherwise ``cfg.pretrained`` -> timm's hub download (a `CheckpointError` with a hint when offline).
+    """
+    if label_names is None:
+        if cfg.num_classes < 1:
+            raise ConfigError(f"model.num_classes must be at least 1, not {cfg.num_classes}")
+        names: tuple[str, ...] = (
+            ODIR_LABELS
+            if cfg.num_classes == len(ODIR_LABELS)
+            else tuple(f"class_{i}" for i in range(cfg.num_classes))
+        )
+    else:
+        names = tuple(str(n) for n in label_names)
+        if not names:
+            raise ConfigError("the model needs at least one label name")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"duplicate label names: {', '.join(names)}")
+    # Every choice is checked before anything is built or downloaded.
+    for key, value, allowed in (
+        ("attention", cfg.attention, ATTENTION_TYPES),
+        ("attention_placement", cfg.attention_placement, PLACEMENTS),
+        ("fusion", cfg.fusion, FUSION_TYPES),
+        ("head", cfg.head, HEADS),
+    ):
+        if value not in allowed:
+            raise ConfigError(f"model.{key} must be one of {', '.join(allowed)}, not {value!r}")
+    if not 0.0 <= cfg.drop_rate < 1.0:
+        raise ConfigError(f"model.drop_rate must be in [0, 1), not {cfg.drop_rate}")
+    cfg = dataclasses.replace(cfg, num_classes=len(names))
+    use_file = load_weights and bool(cfg.weights)
+    model = BinocularNet(cfg, names, pretrained=load_weights and cfg.pretrained and not cfg.weights)
+    if use_file:
+        assert cfg.weights is not None
+        state = read_state_dict(cfg.weights)
+        reports = [load_backbone_weights(bb, cfg.weights, state) for bb in model.backbones().values()]
+        model.weights_report = reports[0]
+    return model
+
+
+__all__ = ["HEADS", "BinocularNet", "build_model", "count_parameters"]

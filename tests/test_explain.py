@@ -1,0 +1,217 @@
+"""Grad-CAM per eye: output files and shapes, one forward and one backward per label for both eyes,
+joint normalisation, label choice and errors, the pointing game and lesion-mask mapping."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from eyefuse import ODIR_LABELS
+from eyefuse.config import Config, PreprocessConfig
+from eyefuse.data.preprocess import preprocess_image
+from eyefuse.errors import CheckpointError, ConfigError
+from eyefuse.models import build_model
+from eyefuse.serve.explain import (
+    MIN_PANEL,
+    explain_pair,
+    lesion_mask,
+    mask_to_preprocessed,
+    normalise_jointly,
+    pointing_game,
+    run_explain,
+)
+from eyefuse.serve.predict import Predictor
+from eyefuse.train.checkpoint import save_checkpoint
+
+SIZE = 64
+
+
+def make_checkpoint(path: Path, **meta_fields: object) -> Path:
+    """A random tiny model with CBAM attention (it has a spatial gate), saved like the engine does."""
+    cfg = Config()
+    cfg.preprocess.size = SIZE
+    cfg.preprocess.enhance = "none"
+    cfg.model.backbone = "resnet10t"
+    cfg.model.pretrained = False
+    cfg.model.attention = "cbam"
+    cfg.model.fusion = "concat"
+    cfg.model.head = "sigmoid"
+    torch.manual_seed(0)
+    model = build_model(cfg.model, ODIR_LABELS)
+    meta = {
+        "config": cfg.to_dict(),
+        "label_names": list(ODIR_LABELS),
+        "preprocess": cfg.to_dict()["preprocess"],
+        "model": {"mean": list(model.mean), "std": list(model.std)},
+        "thresholds": None,
+        "temperatures": None,
+        **meta_fields,
+    }
+    return save_checkpoint(path, model.state_dict(), meta)
+
+
+def draw_eye(path: Path, spot: int = 10) -> Path:
+    img = np.zeros((96, 112, 3), np.uint8)
+    cv2.circle(img, (56, 48), 42, (40, 110, 210), -1)
+    cv2.circle(img, (56 + spot, 44), 7, (190, 210, 250), -1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), img)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("run") / "best")
+
+
+@pytest.fixture(scope="module")
+def eyes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("eyes")
+    return draw_eye(d / "3_left.jpg"), draw_eye(d / "3_right.jpg", spot=-14)
+
+
+def test_run_explain_writes_one_png_per_label_attention_and_json(tmp_path, ckpt, eyes) -> None:
+    summary = run_explain(ckpt, eyes[0], eyes[1], tmp_path / "out", labels="D,G")
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["D.png", "G.png", "attention.png", "explanation.json"]
+    for name in ("D.png", "G.png", "attention.png"):
+        img = cv2.imread(str(tmp_path / "out" / name))
+        # heading band + title band + panel; two panels and a gap side by side
+        assert img.shape == (40 + 32 + MIN_PANEL, 2 * MIN_PANEL + 8, 3)
+        assert img[72:, :MIN_PANEL].std() > 0 and img[72:, MIN_PANEL + 8 :].std() > 0
+    doc = json.loads((tmp_path / "out" / "explanation.json").read_text())
+    assert doc["labels"] == ["D", "G"] and doc["patient"] == "3"
+    assert doc["files"] == {"D": "D.png", "G": "G.png", "attention": "attention.png"}
+    assert set(doc["probabilities"]) == set(ODIR_LABELS) and doc["attention"]["module"] == "attn.spatial"
+    expl = summary.explanation
+    for label in ("D", "G"):
+        left, right = expl.cams[label]["left"], expl.cams[label]["right"]
+        assert left.shape == right.shape == (SIZE, SIZE) and left.dtype == np.float32
+        assert min(left.min(), right.min()) >= 0.0
+        assert max(left.max(), right.max()) == pytest.approx(1.0)  # joint normalisation
+    assert expl.attention["left"].shape == (SIZE, SIZE)
+    assert "D: p = " in str(summary)
+
+
+def test_one_forward_and_one_backward_per_label_give_both_eyes(monkeypatch, ckpt, eyes) -> None:
+    predictor = Predictor.from_checkpoint(ckpt)
+    forwards: list[int] = []
+    handle = predictor.model.register_forward_hook(lambda *args: forwards.append(1))
+    backward_inputs: list[int] = []
+    real_grad = torch.autograd.grad
+
+    def counting_grad(outputs, inputs, *args, **kwargs):
+        backward_inputs.append(len(inputs))
+        return real_grad(outputs, inputs, *args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+    try:
+        expl = explain_pair(predictor, eyes[0], eyes[1], labels=["N", "C", "O"])
+    finally:
+        handle.remove()
+    assert len(forwards) == 1
+    assert backward_inputs == [2, 2, 2]  # one backward per label, each for both eyes' features
+    for label in ("N", "C", "O"):
+        assert all(expl.cams[label][side] is not None for side in ("left", "right"))
+    # the two eyes look different, so their maps differ
+    assert not np.allclose(expl.cams["N"]["left"], expl.cams["N"]["right"])
+
+
+def test_absent_eye_has_no_map_and_default_label_is_top1(tmp_path, eyes) -> None:
+    ckpt = make_checkpoint(tmp_path / "strict", thresholds=[1.0] * 8)  # nothing is ever positive
+    predictor = Predictor.from_checkpoint(ckpt)
+    expl = explain_pair(predictor, eyes[0], None)
+    top = max(expl.probabilities, key=expl.probabilities.get)
+    assert expl.labels == [top] and expl.predicted == []
+    assert expl.cams[top]["right"] is None and expl.cams[top]["left"].max() == pytest.approx(1.0)
+    assert expl.warnings and "right eye: no image given" in expl.warnings[0]
+    assert expl.attention["right"] is None
+
+
+def test_default_labels_are_the_predicted_ones(tmp_path, eyes) -> None:
+    thresholds = [1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]  # D and C always positive
+    predictor = Predictor.from_checkpoint(make_checkpoint(tmp_path / "dc", thresholds=thresholds))
+    assert explain_pair(predictor, *eyes).labels == ["D", "C"]
+
+
+def test_bare_model_with_preprocessed_arrays() -> None:
+    cfg = Config().model
+    cfg.backbone, cfg.pretrained, cfg.attention, cfg.fusion = "resnet10t", False, "none", "sum"
+    model = build_model(cfg, ODIR_LABELS).eval()
+    rng = np.random.default_rng(0)
+    left = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    right = rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    expl = explain_pair(model, left, right, labels="A")
+    assert expl.labels == ["A"] and expl.cams["A"]["left"].shape == (SIZE, SIZE)
+    assert expl.attention == {} and expl.thresholds["A"] == 0.5
+
+
+def test_label_and_checkpoint_errors(tmp_path, ckpt, eyes) -> None:
+    with pytest.raises(ConfigError, match="unknown label.*X.*N, D, G"):
+        run_explain(ckpt, eyes[0], eyes[1], tmp_path / "o", labels="D,X")
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(CheckpointError, match="needs the PyTorch checkpoint"):
+        run_explain(tmp_path / "model.onnx", eyes[0], eyes[1], tmp_path / "o")
+    with pytest.raises(ConfigError, match="at least one photograph"):
+        run_explain(ckpt, None, None, tmp_path / "o")
+
+
+def test_normalise_jointly_keeps_the_ratio_between_eyes() -> None:
+    left, right = np.array([[0.0, 2.0]]), np.array([[1.0, 4.0]])
+    a, b = normalise_jointly([left, right])
+    np.testing.assert_allclose(a, [[0.0, 0.5]])
+    np.testing.assert_allclose(b, [[0.25, 1.0]])
+    zero, none = normalise_jointly([np.zeros((2, 2)), None])
+    assert none is None and not zero.any()
+
+
+def test_pointing_game_on_hand_made_maps() -> None:
+    cam = np.zeros((100, 100), np.float32)
+    cam[30, 40] = 1.0
+    mask = np.zeros((100, 100), bool)
+    mask[28:33, 38:43] = True
+    assert pointing_game(cam, mask)
+    far = np.zeros_like(mask)
+    far[80:90, 80:90] = True
+    assert not pointing_game(cam, far)
+    near = np.zeros_like(mask)
+    near[30, 50:55] = True  # 10 px from the peak
+    assert pointing_game(cam, near, tolerance=15)
+    assert not pointing_game(cam, near, tolerance=5)
+    with pytest.raises(ValueError, match="empty"):
+        pointing_game(cam, np.zeros_like(mask))
+    with pytest.raises(ValueError, match="one shape"):
+        pointing_game(cam, mask[:50])
+
+
+def test_lesion_mask_bits_follow_the_label_order() -> None:
+    mask = np.array([[2 | 32, 4], [0, 128]], np.uint8)
+    np.testing.assert_array_equal(lesion_mask(mask, "D"), [[True, False], [False, False]])
+    np.testing.assert_array_equal(lesion_mask(mask, "H"), [[True, False], [False, False]])
+    np.testing.assert_array_equal(lesion_mask(mask, "G"), [[False, True], [False, False]])
+    np.testing.assert_array_equal(lesion_mask(mask, "O"), [[False, False], [False, True]])
+    with pytest.raises(ConfigError, match="unknown label"):
+        lesion_mask(mask, "Z")
+
+
+def test_mask_maps_into_the_preprocessed_frame() -> None:
+    # An off-centre field of view on a wide frame, a white lesion drawn into the photograph and
+    # the same lesion as a mask: after mapping, the mask must cover the lesion's preprocessed pixels.
+    img = np.zeros((180, 260, 3), np.uint8)
+    cv2.circle(img, (150, 92), 80, (40, 110, 210), -1)
+    mask = np.zeros((180, 260), np.uint8)
+    cv2.circle(mask, (185, 70), 12, 2, -1)  # label D
+    img[mask > 0] = (255, 255, 255)
+    cfg = PreprocessConfig(size=SIZE, enhance="none")
+    out, fov = preprocess_image(cv2.imencode(".png", img[..., ::-1])[1].tobytes(), cfg)
+    mapped = mask_to_preprocessed(lesion_mask(mask, "D"), fov, cfg)
+    assert mapped.shape == (SIZE, SIZE) and mapped.dtype == bool
+    lesion = out.min(axis=2) > 200  # the white spot in the preprocessed image
+    iou = (lesion & mapped).sum() / (lesion | mapped).sum()
+    assert iou > 0.6
+    assert pointing_game(lesion.astype(np.float32), mapped, tolerance=0)
