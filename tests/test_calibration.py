@@ -105,3 +105,29 @@ def test_reliability_curve() -> None:
     assert curve["accuracy"][1] == pytest.approx(0.25) and curve["accuracy"][4] == pytest.approx(1.0)
     assert curve["confidence"][4] == pytest.approx(0.95)
     assert curve["accuracy"][0] is None and curve["confidence"][2] is None
+
+
+def test_fit_calibration_matches_what_predict_applies() -> None:
+    """The fields a checkpoint stores are read back by predict into the same probabilities."""
+    import torch
+
+    from eyefuse.config import EvalConfig
+    from eyefuse.eval.calibration import calibrated_probabilities, fit_calibration
+    from eyefuse.models.binocular import head_probabilities
+    from eyefuse.serve.predict import calibrated_probabilities as predict_probabilities
+
+    rng = np.random.default_rng(0)
+    truth = (rng.random((80, 4)) < 0.3).astype(int)
+    truth[np.arange(80), rng.integers(0, 4, 80)] = 1  # every patient has a label (softmax targets)
+    logits = 3.0 * (truth - 0.5) + rng.normal(0, 1.5, truth.shape)
+    for head, n_temps in (("sigmoid", 4), ("softmax", 1)):
+        fields = fit_calibration(truth, logits, head=head, cfg=EvalConfig(threshold_method="youden"))
+        assert len(fields["temperatures"]) == n_temps and len(fields["thresholds"]) == 4
+        assert fields["threshold_method"] == "youden"
+        ours = calibrated_probabilities(logits, head, fields["temperatures"])
+        meta = {"config": {"model": {"head": head}}, "head": head, "temperatures": fields["temperatures"]}
+        theirs = predict_probabilities(
+            torch.from_numpy(logits), meta, lambda z, head=head: head_probabilities(z, head)
+        ).numpy()
+        np.testing.assert_allclose(ours, theirs, atol=1e-12)
+        assert not np.allclose(ours, calibrated_probabilities(logits, head))  # temperatures did something

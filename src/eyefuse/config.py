@@ -68,7 +68,7 @@ class AugmentConfig:
     brightness: float = 0.2
     contrast: float = 0.2
     saturation: float = 0.1
-    blur_prob: float = 0.1
+    blur_prob: float = 0.0  #: off by default: blur mimics cataract (C), so it can teach the wrong thing
     flip: str = "mirror_swap"  #: mirror_swap (mirror both eyes and swap sides) | none
     flip_prob: float = 0.5
     eye_dropout: float = 0.05  #: probability of hiding one eye (the model must cope with a missing eye)

@@ -227,23 +227,22 @@ def reliability_curve(truth: Any, prob: Any, n_bins: int = 10) -> dict[str, list
 
 
 def calibrated_probabilities(logits: Any, head: str, temperatures: Any = None) -> np.ndarray:
-    """Probabilities from raw logits with a checkpoint's temperatures, by the head's own rule.
+    """Probabilities from raw logits with a checkpoint's temperatures, by the head's own rule
+    (`eyefuse.models.binocular.head_probabilities`): `rule(logits / T)`.
 
-    `sigmoid`: `sigmoid(logits / T)` per class. `softmax`: `softmax(logits / T)` with one shared T,
-    then divided by its per-patient maximum (the multi-label rescaling of `BinocularNet.probabilities`:
-    a patient whose k labels share the mass equally gets 1.0 on each). `temperatures=None` means T = 1.
-    Checkpoints store L temperatures for either head (all equal for softmax), so one code path serves
-    evaluate, predict, export and serve.
+    `temperatures`: None (T = 1), L per-class values (sigmoid head) or one shared value (softmax
+    head, stored as a one-element list). The numpy twin of `eyefuse.serve.predict.calibrated_probabilities`
+    for arrays of logits (evaluation, ablation); both divide by T and then apply the same rule.
     """
+    import torch
+
+    from eyefuse.models.binocular import head_probabilities
+
     z = np.asarray(logits, dtype=np.float64)
     if temperatures is not None:
-        z = apply_temperatures(z, temperatures)
-    if head == "sigmoid":
-        return 1.0 / (1.0 + np.exp(-z))
-    if head == "softmax":
-        p = np.exp(log_softmax(z, axis=-1))
-        return p / p.max(axis=-1, keepdims=True)
-    raise ConfigError(f"unknown head {head!r}: expected sigmoid or softmax")
+        t = np.asarray(temperatures, dtype=np.float64).reshape(-1)
+        z = apply_temperatures(z, t[0] if t.size == 1 else t)
+    return head_probabilities(torch.from_numpy(z), head).numpy()
 
 
 def fit_calibration(
@@ -257,7 +256,8 @@ def fit_calibration(
     """Fit temperatures (when `cfg.calibrate`) then per-class thresholds on calibrated probabilities.
 
     Meant for the validation split only; the caller records which split it was. Returns the JSON
-    fields stored in a checkpoint's metadata: `temperatures` (L floats), `thresholds` (L floats),
+    fields stored in a checkpoint's metadata: `temperatures` (L floats for the sigmoid head, one for
+    the softmax head), `thresholds` (L floats),
     `threshold_method`, `calibration_warnings`, and the validation ECE before and after.
     """
     from eyefuse.eval.thresholds import fit_thresholds
@@ -265,7 +265,7 @@ def fit_calibration(
     truth, logits = _check_logits(truth, logits)
     n_labels = truth.shape[1]
     warnings: list[str] = []
-    temps = np.ones(n_labels)
+    temps = np.ones(1 if head == "softmax" else n_labels)  # the softmax head has one shared temperature
     if cfg.calibrate:
         if head == "softmax":
             temps[:] = fit_softmax_temperature(truth, logits)

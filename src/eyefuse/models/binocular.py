@@ -212,18 +212,8 @@ class BinocularNet(nn.Module):
     # --- outputs ---------------------------------------------------------------------------------
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Per-label scores in [0, 1] from logits (``... x L``).
-
-        ``sigmoid`` head: the sigmoid. ``softmax`` head: the softmax divided by its row maximum. The
-        paper classifies the 8 labels with a softmax, but a patient can have several labels: a softmax
-        spreads the mass over them (k equally likely labels get 1/k each, which a 0.5 threshold would
-        miss for k >= 2). Dividing by the row maximum keeps the ranking and gives 1.0 to each of k
-        labels that share the mass equally, so thresholds mean the same for one label or several.
-        """
-        if self.cfg.head == "sigmoid":
-            return torch.sigmoid(logits)
-        p = torch.softmax(logits, dim=-1)
-        return p / p.amax(dim=-1, keepdim=True)
+        """Per-label scores in [0, 1] from logits (``... x L``): see `head_probabilities`."""
+        return head_probabilities(logits, self.cfg.head)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """0-255 pixels (uint8 or float, ``[B x] 3 x H x W``, RGB) -> the model's normalised float input."""
@@ -259,6 +249,23 @@ class BinocularNet(nn.Module):
                 else:
                     maps[key][name] = m
         return maps
+
+
+def head_probabilities(logits: torch.Tensor, head: str) -> torch.Tensor:
+    """Per-label scores in [0, 1] from logits (``... x L``) by the head's rule.
+
+    ``sigmoid`` head: the sigmoid. ``softmax`` head: the softmax divided by its row maximum. The
+    paper classifies the 8 labels with a softmax, but a patient can have several labels: a softmax
+    spreads the mass over them (k equally likely labels get 1/k each, which a 0.5 threshold would
+    miss for k >= 2). Dividing by the row maximum keeps the ranking and gives 1.0 to each of k
+    labels that share the mass equally, so thresholds mean the same for one label or several.
+    """
+    if head == "sigmoid":
+        return torch.sigmoid(logits)
+    if head != "softmax":
+        raise ValueError(f"unknown head {head!r}")
+    p = torch.softmax(logits, dim=-1)
+    return p / p.amax(dim=-1, keepdim=True)
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

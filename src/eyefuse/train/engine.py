@@ -748,7 +748,13 @@ def calibrate_checkpoint(path: Path, val_set: Dataset, device: torch.device, cfg
 
     model = load_model(path, device=device)
     result = evaluate(model, val_set, device, cfg)
-    calib = fit_calibration(result["labels"].astype(int), result["logits"], head=cfg.model.head, cfg=cfg.eval)
+    calib = fit_calibration(
+        result["labels"].astype(int),
+        result["logits"],
+        head=cfg.model.head,
+        cfg=cfg.eval,
+        label_names=list(model.label_names),
+    )
     meta = ckpt.read_meta(path)
     fields = {
         **calib,

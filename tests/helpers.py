@@ -1,0 +1,95 @@
+"""Helpers shared by the web service tests (test_app, test_load, test_browser): a tiny random
+checkpoint, fundus-like photographs as bytes, and the real service on a loopback port.
+
+The checkpoint is built like the one of tests/test_predict.py (tiny ResNet, 64 px, residual
+attention with its gates switched on, ffm fusion), saved like the training engine saves it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from eyefuse import ODIR_LABELS
+from eyefuse.config import Config
+from eyefuse.models import build_model
+from eyefuse.train.checkpoint import save_checkpoint
+
+SIZE = 64
+
+
+def make_checkpoint(path: Path, *, head: str = "sigmoid", **meta_fields: object) -> Path:
+    """A checkpoint folder of a random tiny model (resnet10t, 64 px, no enhancement)."""
+    cfg = Config()
+    cfg.preprocess.size = SIZE
+    cfg.preprocess.enhance = "none"
+    cfg.model.backbone = "resnet10t"
+    cfg.model.pretrained = False
+    cfg.model.attention = "residual_attention"
+    cfg.model.fusion = "ffm"
+    cfg.model.head = head
+    torch.manual_seed(0)
+    model = build_model(cfg.model, ODIR_LABELS)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("gamma"):  # 0 at initialisation: let the attention take part
+                p.fill_(1.0)
+    meta = {
+        "config": cfg.to_dict(),
+        "label_names": list(ODIR_LABELS),
+        "preprocess": cfg.to_dict()["preprocess"],
+        "model": {"mean": list(model.mean), "std": list(model.std)},
+        "thresholds": None,
+        "temperatures": None,
+        **meta_fields,
+    }
+    return save_checkpoint(path, model.state_dict(), meta)
+
+
+def eye_image(
+    colour: tuple[int, int, int] = (40, 110, 210), spot: int = 10, ext: str = ".jpg", scale: int = 1
+) -> bytes:
+    """A fundus-like photograph (orange disc on black, a pale spot at `spot` px from the centre),
+    encoded as `ext`; `scale` enlarges it (96 x 112 px at 1)."""
+    h, w = 96 * scale, 112 * scale
+    img = np.zeros((h, w, 3), np.uint8)
+    cv2.circle(img, (w // 2, h // 2), 42 * scale, colour, -1)
+    cv2.circle(img, (w // 2 + spot * scale, h // 2 - 4 * scale), 7 * scale, (190, 210, 250), -1)
+    ok, buf = cv2.imencode(ext, img)
+    assert ok
+    return buf.tobytes()
+
+
+@contextlib.contextmanager
+def running_server(app: object, timeout: float = 30.0) -> Iterator[str]:
+    """Serve `app` with uvicorn in a background thread on 127.0.0.1 and a free port; yields the
+    base URL and stops the server (and waits for its thread) on exit."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))  # port 0: the system picks a free one, and the socket keeps it
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+        sock.close()
