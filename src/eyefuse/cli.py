@@ -208,6 +208,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from eyefuse.serve.app import serve
+
+    serve(
+        args.checkpoint,
+        host=args.host,
+        port=args.port,
+        max_upload_mb=args.max_upload_mb,
+        max_concurrency=args.max_concurrency,
+        device=args.device,
+        queue_timeout_s=args.queue_timeout,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eyefuse",
@@ -358,6 +373,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity check (not advised)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "serve", help="web service + page: upload two photographs, see probabilities and heatmaps"
+    )
+    p.add_argument("--checkpoint", required=True, help=ckpt_help)
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--max-upload-mb", type=float, default=20, help="request size limit (default 20 MB; 413 beyond)"
+    )
+    p.add_argument("--max-concurrency", type=int, default=2, help="model calls at once (default 2)")
+    p.add_argument("--queue-timeout", type=float, default=60, help="seconds a request may wait (503 after)")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_serve)
 
     return parser
 
