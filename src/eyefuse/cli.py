@@ -117,7 +117,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             cfg.model.weights = str(Path(args.weights).resolve())
         run_dir = args.out
     result = fit(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
-    print(result)
+    if os.environ.get("RANK", "0") == "0":  # torchrun: one summary, from rank 0
+        print(result)
     return 0
 
 

@@ -705,9 +705,12 @@ def fit(
 
 
 def check_replicas_identical(model: nn.Module, info: DistInfo) -> str:
-    """Raise if the DDP ranks' weights differ (they must stay bit-identical); returns the checksum."""
+    """Raise if the DDP ranks' weights differ (they must stay bit-identical); returns the checksum.
+
+    Parameters only: BatchNorm running statistics are per-rank buffers between DDP's broadcasts
+    (rank 0's are the ones saved)."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(model.named_parameters()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     sums = gather_objects(digest.hexdigest(), info)
