@@ -1,0 +1,155 @@
+"""evaluate, score, ablate and demo end to end on a tiny synthetic dataset and a tiny model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from eyefuse.config import load_config
+from eyefuse.errors import ConfigError
+
+TINY = [
+    "preprocess.size=64",
+    "model.backbone=resnet18",
+    "model.pretrained=false",
+    "train.batch_size=8",
+    "train.num_workers=0",
+    "train.channels_last=false",
+    "train.device=cpu",
+    "eval.bootstrap=40",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from eyefuse.data.synth import synthesize
+    from eyefuse.train.engine import fit
+
+    root = tmp_path_factory.mktemp("eval")
+    data = root / "data"
+    synthesize(data, n_patients=40, n_test=16, seed=5, max_side=160)
+    cfg = load_config("demo", [*TINY, "train.epochs=2"])
+    cfg.data.root = str(data)
+    fit(cfg, root / "run", progress=False)
+    return data, root / "run"
+
+
+def test_thresholds_are_fitted_on_validation_only(tiny_run: tuple[Path, Path]) -> None:
+    from eyefuse.config import EvalConfig
+    from eyefuse.eval.calibration import fit_calibration
+    from eyefuse.eval.evaluate import predict_split
+    from eyefuse.train.checkpoint import read_meta
+
+    _, run = tiny_run
+    meta = read_meta(run / "best")
+    assert meta["calibration_split"]["name"] == "val"
+    cfg = EvalConfig(threshold_method=meta["threshold_method"])
+    refit = {}
+    for split in ("val", "offsite"):
+        sp = predict_split(run, split, allow_same_split=True, progress=False)
+        refit[split] = fit_calibration(sp.truth, sp.logits, head="sigmoid", cfg=cfg)
+    np.testing.assert_allclose(meta["thresholds"], refit["val"]["thresholds"], atol=1e-9)
+    np.testing.assert_allclose(meta["temperatures"], refit["val"]["temperatures"], rtol=1e-6)
+    assert not np.allclose(meta["thresholds"], refit["offsite"]["thresholds"])
+
+
+def test_evaluate_writes_report_and_official_csv(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    from eyefuse.cli import main
+    from eyefuse.eval.evaluate import run_evaluate
+    from eyefuse.eval.score import score_files
+
+    data, run = tiny_run
+    summary = run_evaluate(run, split="offsite", out=tmp_path / "rep", progress=False)
+    assert (tmp_path / "rep" / "report.html").is_file() and (tmp_path / "rep" / "report.md").is_file()
+    metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert metrics["evaluation"]["n_patients"] == summary.n_patients == 16
+    assert metrics["context"]["evaluated_split"]["name"] == "offsite"
+    assert metrics["context"]["synthetic"] is True
+    # the submission CSV scores, with the official code, to what the report says
+    truth = data / "Off-site Test Set" / "Annotation" / "off-site test annotation (English).xlsx"
+    scored = score_files(summary.submission, truth)
+    assert scored.final == pytest.approx(metrics["evaluation"]["official"]["final"], abs=1e-9)
+    assert main(["score", "--predictions", str(summary.submission), "--truth", str(truth), "--json"]) == 0
+
+
+def test_evaluate_refuses_the_calibration_split(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    from eyefuse.eval.evaluate import run_evaluate
+
+    _, run = tiny_run
+    with pytest.raises(ConfigError, match="fitted on the 'val' split"):
+        run_evaluate(run, split="val", out=tmp_path / "no", progress=False)
+    assert not (tmp_path / "no").exists()
+    run_evaluate(run, split="val", out=tmp_path / "yes", allow_same_split=True, progress=False)
+    html = (tmp_path / "yes" / "report.html").read_text()
+    assert "fitted on the evaluated split" in html
+    with pytest.raises(ConfigError, match="no such split"):
+        run_evaluate(run, split="onsite", out=tmp_path / "x", progress=False)
+
+
+def test_ablation_runs_and_resumes(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    from eyefuse.eval.ablation import run_ablation
+
+    data, _ = tiny_run
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "base: demo\n"
+        f"set: [{', '.join([*TINY, 'train.epochs=1'])}]\n"
+        "factors:\n  model.fusion: [ffm, concat]\n"
+        "seeds: [0]\nbootstrap: 30\n"
+    )
+    first = run_ablation(data, str(grid), tmp_path / "abl", progress=False)
+    assert (first.trained, first.skipped) == (2, 0)
+    assert [r["cell"] for r in first.rows] == ["reference", "fusion=concat"]
+    assert first.rows[0]["delta_final"] == 0.0
+    table = (tmp_path / "abl" / "ablation.md").read_text()
+    assert "fusion=concat" in table and "Δ final" in table
+    second = run_ablation(data, str(grid), tmp_path / "abl", progress=False)
+    assert (second.trained, second.skipped) == (0, 2)
+    assert second.rows == first.rows
+
+
+def test_ablation_grid_errors(tmp_path: Path) -> None:
+    from eyefuse.eval.ablation import grid_cells, load_grid
+
+    cells = grid_cells(load_grid("paper"))
+    names = [c.name for c in cells]
+    assert names[0] == "reference" and "attention=none" in names and "fusion=single" in names
+    assert "enhance=clahe" in names and "head=sigmoid" in names and "fusion=ffm" not in names
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: demo\nfactors:\n  model.fusoin: [concat]\n")
+    with pytest.raises(ConfigError, match="model.fusoin"):
+        grid_cells(load_grid(str(bad)))
+    bad.write_text("base: demo\nfactorz: {}\n")
+    with pytest.raises(ConfigError, match="unknown keys"):
+        load_grid(str(bad))
+
+
+def test_demo_end_to_end_tiny(tmp_path: Path) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "eyefuse",
+        "demo",
+        "--out",
+        str(tmp_path / "demo"),
+        "--patients",
+        "30",
+        "--test-patients",
+        "12",
+        "--max-side",
+        "160",
+        "--compare-single",
+        "--no-progress",
+        *[a for s in [*TINY, "train.epochs=1"] for a in ("--set", s)],
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ODIR final (official)" in out.stdout
+    assert "single-eye (no fusion)" in out.stdout
+    assert (tmp_path / "demo" / "report" / "report.html").is_file()
+    assert (tmp_path / "demo" / "run-single" / "best" / "meta.json").is_file()
