@@ -190,3 +190,37 @@ def test_ddp_two_cpu_processes(synth_data: Path, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-4000:]
     assert "all 2 ranks hold identical weights" in out.stdout
     assert (tmp_path / "ddp" / "best" / "model.safetensors").is_file()
+
+
+def test_fit_with_ema_sgd_workers_and_early_stopping(synth_data: Path, tmp_path: Path) -> None:
+    from eyefuse.train.checkpoint import load_train_state, read_meta
+    from eyefuse.train.engine import fit
+
+    cfg = load_config(
+        "demo",
+        [
+            *TINY,
+            "train.epochs=4",
+            "train.ema=true",
+            "train.ema_decay=0.9",
+            "train.optimizer=sgd",
+            "train.warmup_epochs=0",
+            "train.num_workers=1",
+            "train.early_stop_patience=1",
+            "model.fusion=cross_attention",
+            "model.aux_eye_heads=true",
+        ],
+    )
+    cfg.data.root = str(synth_data)
+    result = fit(cfg, tmp_path / "run", progress=False)
+    finals = [row["val_final"] for row in result.history]
+    # patience 1: the run ends right after the first epoch that does not beat the best so far
+    first_bad = next((i for i in range(1, len(finals)) if finals[i] <= max(finals[:i])), None)
+    expected_epochs = 4 if first_bad is None else first_bad + 1
+    assert result.epochs_run == expected_epochs and result.stopped_early == (first_bad is not None)
+    assert result.best_epoch == int(np.argmax(finals))
+    state = load_train_state(tmp_path / "run" / "last")
+    assert state["ema"] is not None
+    assert read_meta(tmp_path / "run" / "best")["epoch"] == result.best_epoch + 1
+    assert any((tmp_path / "run" / "tensorboard").iterdir())  # the tensorboard extra is installed in make test
+    assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") == expected_epochs + 1
