@@ -222,5 +222,7 @@ def test_fit_with_ema_sgd_workers_and_early_stopping(synth_data: Path, tmp_path:
     state = load_train_state(tmp_path / "run" / "last")
     assert state["ema"] is not None
     assert read_meta(tmp_path / "run" / "best")["epoch"] == result.best_epoch + 1
-    assert any((tmp_path / "run" / "tensorboard").iterdir())  # the tensorboard extra is installed in make test
+    assert any(
+        (tmp_path / "run" / "tensorboard").iterdir()
+    )  # the tensorboard extra is installed in make test
     assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") == expected_epochs + 1
