@@ -330,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path("demo"), help="demo folder (default demo/; rerun resumes)"
     )
     p.add_argument("--patients", type=int, default=300, help="synthetic training patients (default 300)")
-    p.add_argument("--test-patients", type=int, default=None, help="synthetic off-site test patients")
+    p.add_argument("--test-patients", type=int, default=100, help="synthetic off-site test patients (100)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-side", type=int, default=None, help="cap synthetic camera resolutions (pixels)")
     p.add_argument(

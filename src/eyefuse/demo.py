@@ -41,7 +41,7 @@ def run_demo(
     out: str | os.PathLike[str],
     *,
     patients: int = 300,
-    test_patients: int | None = None,
+    test_patients: int | None = 100,
     seed: int = 0,
     max_side: int | None = None,
     compare_single: bool = False,
