@@ -1,9 +1,6 @@
-"""Helpers shared by the web service tests (test_app, test_load, test_browser): a tiny random
-checkpoint, fundus-like photographs as bytes, and the real service on a loopback port.
-
-The checkpoint is built like the one of tests/test_predict.py (tiny ResNet, 64 px, residual
-attention with its gates switched on, ffm fusion), saved like the training engine saves it.
-"""
+"""Helpers shared by the inference tests (predict, explain, export, the service): a tiny random
+checkpoint saved like the training engine saves it, fundus-like photographs, and the real service
+on a loopback port."""
 
 from __future__ import annotations
 
@@ -26,15 +23,23 @@ from eyefuse.train.checkpoint import save_checkpoint
 SIZE = 64
 
 
-def make_checkpoint(path: Path, *, head: str = "sigmoid", **meta_fields: object) -> Path:
-    """A checkpoint folder of a random tiny model (resnet10t, 64 px, no enhancement)."""
+def make_checkpoint(
+    path: Path,
+    *,
+    head: str = "sigmoid",
+    fusion: str = "ffm",
+    attention: str = "residual_attention",
+    **meta_fields: object,
+) -> Path:
+    """A checkpoint folder of a random tiny model (resnet10t, 64 px, no enhancement), with meta as
+    the training engine writes it; residual-attention gates are switched on (they start at 0)."""
     cfg = Config()
     cfg.preprocess.size = SIZE
     cfg.preprocess.enhance = "none"
     cfg.model.backbone = "resnet10t"
     cfg.model.pretrained = False
-    cfg.model.attention = "residual_attention"
-    cfg.model.fusion = "ffm"
+    cfg.model.attention = attention
+    cfg.model.fusion = fusion
     cfg.model.head = head
     torch.manual_seed(0)
     model = build_model(cfg.model, ODIR_LABELS)
@@ -52,6 +57,13 @@ def make_checkpoint(path: Path, *, head: str = "sigmoid", **meta_fields: object)
         **meta_fields,
     }
     return save_checkpoint(path, model.state_dict(), meta)
+
+
+def draw_eye(path: Path, colour: tuple[int, int, int] = (40, 110, 210), spot: int = 10) -> Path:
+    """A fundus-like photograph file (an orange disc on black with a pale spot); format by suffix."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(eye_image(colour, spot, ext=path.suffix))
+    return path
 
 
 def eye_image(

@@ -26,47 +26,12 @@ from eyefuse.serve.explain import (
     run_explain,
 )
 from eyefuse.serve.predict import Predictor
-from eyefuse.train.checkpoint import save_checkpoint
-
-SIZE = 64
-
-
-def make_checkpoint(path: Path, **meta_fields: object) -> Path:
-    """A random tiny model with CBAM attention (it has a spatial gate), saved like the engine does."""
-    cfg = Config()
-    cfg.preprocess.size = SIZE
-    cfg.preprocess.enhance = "none"
-    cfg.model.backbone = "resnet10t"
-    cfg.model.pretrained = False
-    cfg.model.attention = "cbam"
-    cfg.model.fusion = "concat"
-    cfg.model.head = "sigmoid"
-    torch.manual_seed(0)
-    model = build_model(cfg.model, ODIR_LABELS)
-    meta = {
-        "config": cfg.to_dict(),
-        "label_names": list(ODIR_LABELS),
-        "preprocess": cfg.to_dict()["preprocess"],
-        "model": {"mean": list(model.mean), "std": list(model.std)},
-        "thresholds": None,
-        "temperatures": None,
-        **meta_fields,
-    }
-    return save_checkpoint(path, model.state_dict(), meta)
-
-
-def draw_eye(path: Path, spot: int = 10) -> Path:
-    img = np.zeros((96, 112, 3), np.uint8)
-    cv2.circle(img, (56, 48), 42, (40, 110, 210), -1)
-    cv2.circle(img, (56 + spot, 44), 7, (190, 210, 250), -1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), img)
-    return path
+from helpers import SIZE, draw_eye, make_checkpoint
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_checkpoint(tmp_path_factory.mktemp("run") / "best")
+    return make_checkpoint(tmp_path_factory.mktemp("run") / "best", attention="cbam", fusion="concat")
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +88,9 @@ def test_one_forward_and_one_backward_per_label_give_both_eyes(monkeypatch, ckpt
 
 
 def test_absent_eye_has_no_map_and_default_label_is_top1(tmp_path, eyes) -> None:
-    ckpt = make_checkpoint(tmp_path / "strict", thresholds=[1.0] * 8)  # nothing is ever positive
+    ckpt = make_checkpoint(
+        tmp_path / "strict", attention="cbam", fusion="concat", thresholds=[1.0] * 8
+    )  # nothing is ever positive
     predictor = Predictor.from_checkpoint(ckpt)
     expl = explain_pair(predictor, eyes[0], None)
     top = max(expl.probabilities, key=expl.probabilities.get)
@@ -135,7 +102,9 @@ def test_absent_eye_has_no_map_and_default_label_is_top1(tmp_path, eyes) -> None
 
 def test_default_labels_are_the_predicted_ones(tmp_path, eyes) -> None:
     thresholds = [1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]  # D and C always positive
-    predictor = Predictor.from_checkpoint(make_checkpoint(tmp_path / "dc", thresholds=thresholds))
+    predictor = Predictor.from_checkpoint(
+        make_checkpoint(tmp_path / "dc", attention="cbam", fusion="concat", thresholds=thresholds)
+    )
     assert explain_pair(predictor, *eyes).labels == ["D", "C"]
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnx
 import pytest
@@ -15,56 +14,17 @@ import torch
 
 import eyefuse
 from eyefuse import ODIR_LABELS
-from eyefuse.config import Config
 from eyefuse.errors import CheckpointError, ConfigError
-from eyefuse.models import build_model
 from eyefuse.serve import export as export_module
 from eyefuse.serve.export import INPUT_NAMES, OUTPUT_NAMES, ExportWrapper, check_parity, export_onnx
 from eyefuse.serve.predict import Predictor
-from eyefuse.train.checkpoint import read_meta, save_checkpoint
+from eyefuse.train.checkpoint import read_meta
 from eyefuse.train.engine import load_model
 from eyefuse.utils.io import sha256_file
+from helpers import SIZE, draw_eye, make_checkpoint
 
-SIZE = 64
 TEMPERATURES = [0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 0.9]
 THRESHOLDS = [0.3, 0.4, 0.5, 0.6, 0.2, 0.5, 0.5, 0.45]
-
-
-def make_checkpoint(path: Path, *, head: str, fusion: str, **meta_fields: object) -> Path:
-    cfg = Config()
-    cfg.preprocess.size = SIZE
-    cfg.preprocess.enhance = "none"
-    cfg.model.backbone = "resnet10t"
-    cfg.model.pretrained = False
-    cfg.model.attention = "residual_attention"
-    cfg.model.fusion = fusion
-    cfg.model.head = head
-    torch.manual_seed(0)
-    model = build_model(cfg.model, ODIR_LABELS)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("gamma"):  # 0 at initialisation: let the attention take part
-                p.fill_(1.0)
-    meta = {
-        "config": cfg.to_dict(),
-        "label_names": list(ODIR_LABELS),
-        "preprocess": cfg.to_dict()["preprocess"],
-        "model": {"mean": list(model.mean), "std": list(model.std)},
-        "thresholds": None,
-        "temperatures": None,
-        "epoch": 3,
-        **meta_fields,
-    }
-    return save_checkpoint(path, model.state_dict(), meta)
-
-
-def draw_eye(path: Path, spot: int = 10) -> Path:
-    img = np.zeros((96, 112, 3), np.uint8)
-    cv2.circle(img, (56, 48), 42, (40, 110, 210), -1)
-    cv2.circle(img, (56 + spot, 44), 7, (190, 210, 250), -1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), img)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +32,12 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, expo
     """A sigmoid-head checkpoint with fitted temperatures and thresholds, exported once."""
     root = tmp_path_factory.mktemp("sigmoid")
     ckpt = make_checkpoint(
-        root / "run" / "best", head="sigmoid", fusion="ffm", temperatures=TEMPERATURES, thresholds=THRESHOLDS
+        root / "run" / "best",
+        head="sigmoid",
+        fusion="ffm",
+        temperatures=TEMPERATURES,
+        thresholds=THRESHOLDS,
+        epoch=3,
     )
     summary = export_onnx(root / "run", root / "model.onnx")
     return ckpt, root / "model.onnx", summary
@@ -164,7 +129,9 @@ def test_onnx_without_sidecar_or_altered_is_refused(tmp_path, exported) -> None:
 
 
 def test_softmax_head_with_cross_attention_exports_with_parity(tmp_path) -> None:
-    ckpt = make_checkpoint(tmp_path / "best", head="softmax", fusion="cross_attention", temperatures=[1.7])
+    ckpt = make_checkpoint(
+        tmp_path / "best", head="softmax", fusion="cross_attention", temperatures=[1.7], epoch=3
+    )
     summary = export_onnx(ckpt, tmp_path / "softmax.onnx")
     assert summary.max_abs_diff is not None and summary.max_abs_diff <= 1e-4
     # the graph applies the stored temperature and the softmax head's rescaling (max = 1 per patient)

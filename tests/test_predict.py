@@ -7,7 +7,6 @@ import csv
 import json
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
@@ -27,49 +26,8 @@ from eyefuse.serve.predict import (
     run_predict,
     write_predictions,
 )
-from eyefuse.train.checkpoint import save_checkpoint, update_meta
-
-SIZE = 64
-
-
-def make_checkpoint(path: Path, *, head: str = "sigmoid", **meta_fields: object) -> Path:
-    """A checkpoint folder of a random tiny model, with meta as the training engine writes it."""
-    cfg = Config()
-    cfg.preprocess.size = SIZE
-    cfg.preprocess.enhance = "none"
-    cfg.model.backbone = "resnet10t"
-    cfg.model.pretrained = False
-    cfg.model.attention = "residual_attention"
-    cfg.model.fusion = "ffm"
-    cfg.model.head = head
-    torch.manual_seed(0)
-    model = build_model(cfg.model, ODIR_LABELS)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("gamma"):  # 0 at initialisation: let the attention take part
-                p.fill_(1.0)
-    meta = {
-        "config": cfg.to_dict(),
-        "label_names": list(ODIR_LABELS),
-        "preprocess": cfg.to_dict()["preprocess"],
-        "model": {"mean": list(model.mean), "std": list(model.std)},
-        "thresholds": None,
-        "temperatures": None,
-        **meta_fields,
-    }
-    return save_checkpoint(path, model.state_dict(), meta)
-
-
-def draw_eye(path: Path, colour: tuple[int, int, int] = (40, 110, 210), spot: int = 10) -> Path:
-    """A fundus-like photograph: an orange disc on black with a pale spot, as JPEG or PNG."""
-    img = np.zeros((96, 112, 3), np.uint8)
-    cv2.circle(img, (56, 48), 42, colour, -1)
-    cv2.circle(img, (56 + spot, 44), 7, (190, 210, 250), -1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ok, buf = cv2.imencode(path.suffix, img)
-    assert ok
-    path.write_bytes(buf.tobytes())
-    return path
+from eyefuse.train.checkpoint import update_meta
+from helpers import SIZE, draw_eye, make_checkpoint
 
 
 @pytest.fixture(scope="module")

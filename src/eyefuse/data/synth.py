@@ -60,6 +60,7 @@ import cv2
 import numpy as np
 
 from eyefuse import ODIR_LABELS, __version__
+from eyefuse.data.odir import ODIR_COLUMNS
 from eyefuse.errors import ConfigError
 from eyefuse.utils.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -70,16 +71,7 @@ TEST_IMAGES = "Off-site Test Set/Images"
 MASKS = "masks"
 FOV_CSV = "synth_fov.csv"
 MARKER = "SYNTHETIC.json"
-COLUMNS: tuple[str, ...] = (
-    "ID",
-    "Patient Age",
-    "Patient Sex",
-    "Left-Fundus",
-    "Right-Fundus",
-    "Left-Diagnostic Keywords",
-    "Right-Diagnostic Keywords",
-    *ODIR_LABELS,
-)
+COLUMNS: tuple[str, ...] = ODIR_COLUMNS  # the annotation's 15 columns, as the readers expect them
 KEYWORD_SEPARATOR = "\uff0c"
 DEFAULT_MAX_SIDE = 768
 #: first off-site test ID when the training set has fewer than 10000 patients (then the next 10000s)
