@@ -72,3 +72,9 @@ def test_yaml_round_trip(tmp_path) -> None:
     assert again.to_dict() == cfg.to_dict()
     assert config_from_dict(cfg.to_dict()).hash() == cfg.hash()
     assert Config().hash() != cfg.hash()
+
+
+def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch) -> None:
+    (tmp_path / "demo").mkdir()  # `eyefuse demo --out demo` makes exactly this folder
+    monkeypatch.chdir(tmp_path)
+    assert load_config("demo").name == "demo"

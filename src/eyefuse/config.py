@@ -207,7 +207,8 @@ def _read_yaml_chain(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str,
     if name_or_path in seen:
         raise ConfigError(f"config {name_or_path!r}: circular 'base:' chain {' -> '.join(seen)}")
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    # A folder named like a preset (e.g. the demo's own `demo/` output) must not hide the preset.
+    if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         text = path.read_text(encoding="utf-8")
