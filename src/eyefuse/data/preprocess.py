@@ -540,6 +540,14 @@ def check_config(cfg: PreprocessConfig) -> None:
         raise ConfigError(f"preprocess.clahe_grid must be between 1 and 64, not {cfg.clahe_grid}")
 
 
+def fov_square(fov: FovCircle, cfg: PreprocessConfig) -> tuple[int, int, int]:
+    """The square crop around a field of view, `(x0, y0, side)` in the circle's pixel coordinates:
+    half-side `radius * (1 + margin)`, possibly reaching beyond the frame (padded black). Shared by
+    preprocessing and by everything that maps source pixels into the model input (lesion masks)."""
+    half = fov.radius * (1.0 + cfg.margin)
+    return round(fov.cx - half), round(fov.cy - half), max(1, round(2.0 * half))
+
+
 def preprocess_array(
     rgb: np.ndarray, cfg: PreprocessConfig, *, name: str | None = None
 ) -> tuple[np.ndarray, FovCircle]:
@@ -556,9 +564,7 @@ def preprocess_array(
             name or _SOURCE_LABEL_ARRAY, f"expected RGB uint8 H x W x 3, got {rgb.dtype} {rgb.shape}"
         )
     fov = find_fov(rgb, name=name)
-    half = fov.radius * (1.0 + cfg.margin)
-    x0, y0 = round(fov.cx - half), round(fov.cy - half)
-    side = max(1, round(2.0 * half))
+    x0, y0, side = fov_square(fov, cfg)
     crop, box = _crop_square(rgb, x0, y0, side)
     size = cfg.size
     if side > size:

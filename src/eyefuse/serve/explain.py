@@ -39,6 +39,7 @@ from torch import nn
 
 from eyefuse import ODIR_LABEL_NAMES, ODIR_LABELS
 from eyefuse.config import PreprocessConfig
+from eyefuse.data.preprocess import fov_square
 from eyefuse.errors import CheckpointError, ConfigError, DataError
 from eyefuse.serve.predict import (
     SIDES,
@@ -522,17 +523,15 @@ def read_lesion_mask(path: str | Path) -> np.ndarray:
 def mask_to_preprocessed(mask: np.ndarray, fov: Any, cfg: PreprocessConfig) -> np.ndarray:
     """Map a mask in source-photograph pixels into the preprocessed frame (bool `size x size`).
 
-    Uses the crop of `eyefuse.data.preprocess.preprocess_array`: the square of half-side
-    `radius * (1 + margin)` around the field-of-view circle (black/False beyond the frame), resized to
-    `cfg.size`. When shrinking, an output pixel is set when any lesion pixel falls in it, so small
+    Uses the crop of `eyefuse.data.preprocess.preprocess_array` (`fov_square`: the square of
+    half-side `radius * (1 + margin)` around the field-of-view circle, False beyond the frame),
+    resized to `cfg.size`. When shrinking, an output pixel is set when any lesion pixel falls in it, so small
     lesions survive; when enlarging, nearest-neighbour.
     """
     mask = np.asarray(mask).astype(np.uint8)
     if mask.ndim != 2:
         raise ValueError(f"expected a 2-D mask, got shape {mask.shape}")
-    half = fov.radius * (1.0 + cfg.margin)
-    x0, y0 = round(fov.cx - half), round(fov.cy - half)
-    side = max(1, round(2.0 * half))
+    x0, y0, side = fov_square(fov, cfg)
     h, w = mask.shape
     crop = np.zeros((side, side), np.uint8)
     xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
