@@ -60,14 +60,12 @@ def predict_split(
     import torch
 
     from eyefuse.config import config_from_dict
-    from eyefuse.data.cache import PreprocessCache, prepare_images
     from eyefuse.data.dataset import PairDataset, usable_patients
     from eyefuse.data.odir import load_dataset
-    from eyefuse.data.prepare import default_cache_dir
     from eyefuse.data.splits import apply_split
     from eyefuse.eval.calibration import calibrated_probabilities
     from eyefuse.train import checkpoint as ckpt
-    from eyefuse.train.engine import CachedLoader, evaluate, load_model
+    from eyefuse.train.engine import evaluate, load_model, prepared_loader
 
     ckpt_dir = ckpt.resolve_checkpoint_dir(checkpoint)
     meta = ckpt.read_meta(ckpt_dir)
@@ -95,10 +93,7 @@ def predict_split(
         raise ConfigError(f"--split {split!r}: no such split in this run; it has {have}")
     patients, lost = usable_patients(splits[split])
 
-    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(root)
-    paths = sorted({p.eye_path(s) for p in patients for s in ("left", "right") if p.eye_path(s)})
-    result = prepare_images([Path(p) for p in paths], cfg.preprocess, cache_dir, progress=progress)
-    loader = CachedLoader(PreprocessCache(cache_dir, cfg.preprocess), {str(p): r for p, r in result.failed})
+    loader = prepared_loader(cfg, root, patients, progress)
     ds = PairDataset(patients, loader, dataset.label_names, size=cfg.preprocess.size)
     dev = torch.device(device)
     model = load_model(ckpt_dir, device=dev)

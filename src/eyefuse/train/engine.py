@@ -119,12 +119,31 @@ class CachedLoader:
         self.failed = failed
 
     def __call__(self, path: Path) -> np.ndarray:
-        from eyefuse.data.preprocess import PreprocessError
-
         reason = self.failed.get(str(path))
         if reason is not None:
+            from eyefuse.data.preprocess import PreprocessError  # only on the rare failed eye
+
             raise PreprocessError(path, reason)
         return self.cache.load(path)
+
+
+def prepared_loader(
+    cfg: Config, root: str, patients: Sequence[Any], progress: bool, info: DistInfo = DistInfo()
+) -> CachedLoader:
+    """Preprocess (once, into the cache; rank 0 only) every usable eye of `patients` with the run's
+    preprocessing settings, and return the loader that reads them back. Used by training and by
+    evaluation, so both read the same cache the same way."""
+    from eyefuse.data.cache import PreprocessCache, prepare_images
+    from eyefuse.data.prepare import default_cache_dir
+
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(root)
+    paths = sorted({str(p.eye_path(s)) for p in patients for s in ("left", "right") if p.eye_path(s)})
+    failed: dict[str, str] = {}
+    if info.is_main:
+        result = prepare_images([Path(p) for p in paths], cfg.preprocess, cache_dir, progress=progress)
+        failed = {str(path): reason for path, reason in result.failed}
+    failed = broadcast_object(failed, info)
+    return CachedLoader(PreprocessCache(cache_dir, cfg.preprocess), failed)
 
 
 @dataclass
@@ -151,10 +170,8 @@ class RunData:
 
 def load_run_data(cfg: Config, run_dir: Path, info: DistInfo, progress: bool) -> RunData:
     """Load the dataset, make or read the split (saved in the run folder), prepare the cache."""
-    from eyefuse.data.cache import PreprocessCache, prepare_images
     from eyefuse.data.dataset import usable_patients
     from eyefuse.data.odir import load_dataset
-    from eyefuse.data.prepare import default_cache_dir
     from eyefuse.data.splits import apply_split, split_dataset
 
     if not cfg.data.root:
@@ -187,30 +204,15 @@ def load_run_data(cfg: Config, run_dir: Path, info: DistInfo, progress: bool) ->
         if not splits.get(required):
             raise EyefuseError(f"split {run_split} has no {required!r} patients")
 
-    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(cfg.data.root)
-    paths = sorted(
-        {
-            str(p.eye_path(side))
-            for ps in splits.values()
-            for p in ps
-            for side in ("left", "right")
-            if p.eye_path(side)
-        }
-    )
-    failed: dict[str, str] = {}
-    if info.is_main:
-        result = prepare_images([Path(p) for p in paths], cfg.preprocess, cache_dir, progress=progress)
-        failed = {str(path): reason for path, reason in result.failed}
-    failed = broadcast_object(failed, info)
-    cache = PreprocessCache(cache_dir, cfg.preprocess)
+    loader = prepared_loader(cfg, cfg.data.root, [p for ps in splits.values() for p in ps], progress, info)
     return RunData(
         label_names=tuple(dataset.label_names),
         splits=splits,
-        loader=CachedLoader(cache, failed),
+        loader=loader,
         split_file=run_split,
         split_hash=sha256_file(run_split),
         dropped=dropped,
-        failed_images=len(failed),
+        failed_images=len(loader.failed),
     )
 
 
