@@ -19,8 +19,12 @@ from eyefuse.data.preprocess import (
     FOV_MASK_FRACTION,
     FovCircle,
     PreprocessError,
+    _jpeg_frame_size,
+    _median_u8,
+    _resize_down,
     decode_image,
     find_fov,
+    fov_square,
     jpeg_reduction,
     output_names,
     preprocess_array,
@@ -233,6 +237,72 @@ def test_exif_orientation_is_applied(fmt: str) -> None:
     decoded, _ = decode_image(buf.getvalue(), None)
     assert decoded.shape == (100, 60, 3)
     assert decoded[:15, -15:].mean() > 200 and decoded[:15, :15].mean() < 50  # block now top-right
+
+
+@pytest.mark.parametrize("variant", ["baseline", "progressive", "exif", "grayscale"])
+def test_jpeg_frame_size_reads_the_header_as_pillow_does(variant: str) -> None:
+    rgb = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    im = Image.fromarray(rgb).convert("L") if variant == "grayscale" else Image.fromarray(rgb)
+    extra: dict[str, object] = {"progressive": True} if variant == "progressive" else {}
+    if variant == "exif":
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        extra["exif"] = exif.tobytes()
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90, **extra)
+    assert _jpeg_frame_size(buf.getvalue()) == Image.open(io.BytesIO(buf.getvalue())).size == (53, 37)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\xff\xd8\xff",
+        b"\xff\xd8\xff\xe0\x00",
+        b"\xff\xd8\x00\x00\x00\x00",
+        b"\xff\xd8\xff\xda\x00\x02\xff\xd9",
+    ],
+)
+def test_jpeg_frame_size_gives_up_on_unreadable_headers(data: bytes) -> None:
+    assert _jpeg_frame_size(data) is None  # the caller then lets Pillow open (and refuse) the file
+
+
+def test_histogram_median_equals_numpy_median() -> None:
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 7, 64, 81, 1000):
+        x = rng.integers(0, 256, n, dtype=np.uint8)
+        assert _median_u8(x) == float(np.median(x))
+    assert _median_u8(np.full((9, 9), 17, np.uint8)) == 17.0
+
+
+def test_fov_square_has_an_even_side_centred_on_the_circle() -> None:
+    for cx, cy, r in ((100.3, 80.7, 50.2), (99.5, 99.5, 49.5), (10.0, 10.0, 0.2)):
+        for margin in (0.0, 0.1):
+            x0, y0, side = fov_square(FovCircle(cx, cy, r), PreprocessConfig(margin=margin))
+            assert side % 2 == 0 and side >= 2
+            assert abs(side - max(2.0, 2 * r * (1 + margin))) <= 1.0
+            # pixel x covers [x - 0.5, x + 0.5), so the square spans [x0 - 0.5, x0 + side - 0.5)
+            assert abs(x0 - 0.5 + side / 2 - cx) <= 0.5 and abs(y0 - 0.5 + side / 2 - cy) <= 0.5
+
+
+@pytest.mark.parametrize("side", [96, 150, 191, 192, 250, 301, 700])
+def test_resize_down_matches_area_averaging(side: int) -> None:
+    size = 96
+    rng = np.random.default_rng(side)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (side, side, 3), dtype=np.uint8), (0, 0), 1.5)
+    out = _resize_down(img, size)
+    ref = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    assert out.shape == (size, size, 3) and out.dtype == np.uint8
+    psnr = 10 * np.log10(255**2 / max(np.mean((out.astype(float) - ref) ** 2), 1e-12))
+    assert psnr > 40, psnr
+    # The geometry is kept: a bright dot lands where the area resize puts it.
+    dot = np.zeros((side, side, 3), np.uint8)
+    y, x = side // 3, (2 * side) // 3
+    dot[y - 2 : y + 3, x - 2 : x + 3] = 255
+    peak_out = np.unravel_index(_resize_down(dot, size)[..., 0].argmax(), (size, size))
+    peak_ref = np.unravel_index(
+        cv2.resize(dot, (size, size), interpolation=cv2.INTER_AREA)[..., 0].argmax(), (size, size)
+    )
+    assert max(abs(int(a) - int(b)) for a, b in zip(peak_out, peak_ref, strict=True)) <= 1
 
 
 def test_jpeg_reduction_choice() -> None:
