@@ -84,7 +84,7 @@ def test_layout_columns_and_ids(dataset):
         assert frame["Patient Age"].between(20, 90).all()
     marker = json.loads((out / synth.MARKER).read_text(encoding="utf-8"))
     assert marker["synthetic"] is True and marker["complete"] is True
-    assert marker["label_order"] == list(ODIR_LABELS) and marker["seed"] == 7
+    assert marker["label_order"] == list(ODIR_LABELS) and marker["seed"] == 7 and marker["mix"] == "odir"
     assert marker["patients"] == {"train": N_TRAIN, "offsite": N_TEST}
     rows = _read_fov(out)
     assert list(rows[0])[:4] == ["path", "cx", "cy", "radius"]
@@ -212,6 +212,17 @@ def test_plan_prevalence_is_odir_like_and_every_label_is_common():
     assert plan_patient(0, 5) == plan_patient(0, 5) and plan_patient(0, 5) != plan_patient(1, 5)
 
 
+def test_balanced_mix_doubles_the_rare_labels():
+    odir = np.array([plan_patient(0, pid).labels for pid in range(400)]).mean(0)
+    balanced = np.array([plan_patient(0, pid, "balanced").labels for pid in range(400)]).mean(0)
+    for i, lab in enumerate(ODIR_LABELS):
+        if lab in "GCAHM":
+            assert balanced[i] >= 1.6 * odir[i] and balanced[i] >= 0.1, (lab, odir[i], balanced[i])
+        else:
+            assert balanced[i] < odir[i], lab
+    assert plan_patient(0, 7, "balanced") == plan_patient(0, 7, "balanced")
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_optic_disc_is_nasal_right_eye_right_left_eye_left(seed):
     for side in ("left", "right"):
@@ -283,7 +294,7 @@ def test_render_eye_refuses_bad_requests(labels, kw, match):
 
 @pytest.mark.parametrize(
     "kw",
-    [{"n_patients": 0}, {"n_test": -1}, {"seed": -1}, {"max_side": 10}, {"workers": 0}],
+    [{"n_patients": 0}, {"n_test": -1}, {"seed": -1}, {"max_side": 10}, {"workers": 0}, {"mix": "uniform"}],
 )
 def test_synthesize_refuses_bad_options(tmp_path, kw):
     with pytest.raises(ConfigError):

@@ -41,7 +41,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from eyefuse.data.synth import synthesize
 
     summary = synthesize(
-        args.out, n_patients=args.patients, n_test=args.test_patients, seed=args.seed, max_side=args.max_side
+        args.out,
+        n_patients=args.patients,
+        n_test=args.test_patients,
+        seed=args.seed,
+        max_side=args.max_side,
+        mix=args.mix,
     )
     print(summary)
     return 0
@@ -166,6 +171,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         test_patients=args.test_patients,
         seed=args.seed,
         max_side=args.max_side,
+        mix=args.mix,
         compare_single=args.compare_single,
         overrides=args.set,
         progress=not args.no_progress,
@@ -246,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="cap camera resolutions at this many pixels (default 768; 0 = full camera resolution)",
+    )
+    p.add_argument(
+        "--mix",
+        choices=("odir", "balanced"),
+        default="odir",
+        help="first diagnoses in ODIR-5K's proportions (default) or with the five rare labels twice as often",
     )
     p.set_defaults(func=cmd_synth)
 
@@ -329,10 +341,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", type=Path, default=Path("demo"), help="demo folder (default demo/; rerun resumes)"
     )
-    p.add_argument("--patients", type=int, default=300, help="synthetic training patients (default 300)")
+    p.add_argument("--patients", type=int, default=400, help="synthetic training patients (default 400)")
     p.add_argument("--test-patients", type=int, default=100, help="synthetic off-site test patients (100)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-side", type=int, default=None, help="cap synthetic camera resolutions (pixels)")
+    p.add_argument(
+        "--mix",
+        choices=("odir", "balanced"),
+        default="balanced",
+        help="label mix of the synthetic patients (default balanced: enough of every label to learn)",
+    )
     p.add_argument(
         "--compare-single", action="store_true", help="also train the no-fusion baseline and compare"
     )

@@ -40,10 +40,11 @@ class DemoSummary:
 def run_demo(
     out: str | os.PathLike[str],
     *,
-    patients: int = 300,
+    patients: int = 400,
     test_patients: int | None = 100,
     seed: int = 0,
     max_side: int | None = None,
+    mix: str = "balanced",
     compare_single: bool = False,
     overrides: list[str] | None = None,
     progress: bool = True,
@@ -60,7 +61,9 @@ def run_demo(
     data = out / "data"
     if not (data / "SYNTHETIC.json").is_file():
         print(
-            synthesize(data, n_patients=patients, n_test=test_patients, seed=seed, max_side=max_side),
+            synthesize(
+                data, n_patients=patients, n_test=test_patients, seed=seed, max_side=max_side, mix=mix
+            ),
             flush=True,
         )
     else:

@@ -1244,8 +1244,14 @@ def _render(
 # Patients
 
 
-#: first diagnosis of the patients, dealt in shuffled blocks of 20 consecutive IDs
+#: first diagnosis of the patients, dealt in shuffled blocks of 20 consecutive IDs: the ODIR-5K
+#: mix (about 30 % normal, 25 % diabetes, 20 % other, 5 % each for the five rare labels)
 _BLOCK: tuple[str, ...] = ("N",) * 6 + ("D",) * 5 + ("O",) * 4 + ("G", "C", "A", "H", "M")
+#: the `balanced` mix: the five rare labels at 10 % each, so that a few hundred patients hold enough
+#: of every label to learn and to measure it (the demo's choice; ODIR's own mix stays the default)
+_BLOCK_BALANCED: tuple[str, ...] = ("N",) * 4 + ("D",) * 3 + ("O",) * 3 + ("G", "C", "A", "H", "M") * 2
+#: label mixes by name (`eyefuse synth --mix`)
+MIXES: dict[str, tuple[str, ...]] = {"odir": _BLOCK, "balanced": _BLOCK_BALANCED}
 _SECOND_DISEASE = {"O": 0.32, "D": 0.2, "H": 0.14, "C": 0.1, "G": 0.08, "A": 0.08, "M": 0.08}
 P_SECOND_DISEASE = 0.25
 P_ONE_EYE = 0.2  #: diseased patients drawn with one normal eye (more follow from one-eyed diseases)
@@ -1284,10 +1290,11 @@ def _weighted(rng: np.random.Generator, weights: dict[str, float], exclude: Iter
     return keys[int(rng.choice(len(keys), p=p / p.sum()))]
 
 
-def plan_patient(seed: int, patient_id: int) -> PatientPlan:
-    """Diseases, eyes, keywords, age, sex and camera of one patient, from (seed, patient ID) only."""
-    block = np.random.default_rng([seed, 1, patient_id // len(_BLOCK)]).permutation(len(_BLOCK))
-    category = _BLOCK[block[patient_id % len(_BLOCK)]]
+def plan_patient(seed: int, patient_id: int, mix: str = "odir") -> PatientPlan:
+    """Diseases, eyes, keywords, age, sex and camera of one patient, from (seed, patient ID, mix)."""
+    deal = MIXES[mix]
+    block = np.random.default_rng([seed, 1, patient_id // len(deal)]).permutation(len(deal))
+    category = deal[block[patient_id % len(deal)]]
     rng = np.random.default_rng([seed, 0, patient_id])
     eyes: dict[str, set[str]] = {"left": set(), "right": set()}
     diseases: list[str] = []
@@ -1351,11 +1358,11 @@ def _split_dirs(out: Path, split: str) -> Path:
     return out / (TRAIN_IMAGES if split == "train" else TEST_IMAGES)
 
 
-def _make_patient(job: tuple[str, int, str, int, int]) -> tuple[PatientPlan, list[SynthImage]]:
+def _make_patient(job: tuple[str, int, str, int, int, str]) -> tuple[PatientPlan, list[SynthImage]]:
     """Plan, draw and write one patient's two photographs and masks (runs in worker processes)."""
-    out_s, pid, split, seed, max_side = job
+    out_s, pid, split, seed, max_side, mix = job
     out = Path(out_s)
-    plan = plan_patient(seed, pid)
+    plan = plan_patient(seed, pid, mix)
     width, height = plan.camera.size(max_side)
     images = []
     for k, eye in enumerate((plan.left, plan.right)):
@@ -1539,6 +1546,7 @@ def synthesize(
     seed: int = 0,
     max_side: int | None = None,
     workers: int | None = None,
+    mix: str = "odir",
 ) -> SynthSummary:
     """Write a synthetic ODIR-format dataset (challenge layout + off-site test split) to `out`.
 
@@ -1552,6 +1560,8 @@ def synthesize(
             resolution (2976 px, slow).
         workers: processes; None uses all cores for sets of 40 patients or more. The result does not
             depend on it.
+        mix: the patients' first diagnoses: `odir` (ODIR-5K's proportions) or `balanced` (the five
+            rare labels twice as often; see `MIXES`).
     """
     start = time.perf_counter()
     if isinstance(n_patients, bool) or not isinstance(n_patients, int) or n_patients < 1:
@@ -1570,13 +1580,16 @@ def synthesize(
         )
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ConfigError(f"workers must be a positive whole number, not {workers!r}")
+    if mix not in MIXES:
+        raise ConfigError(f"--mix must be one of {', '.join(MIXES)}, not {mix!r}")
     out = Path(out)
     old_files = _check_out(out)
     out.mkdir(parents=True, exist_ok=True)
 
     test_start = TEST_ID_START * (n_patients // TEST_ID_START + 1)
-    jobs = [(str(out), pid, "train", seed, max_side) for pid in range(n_patients)]
-    jobs += [(str(out), pid, "offsite", seed, max_side) for pid in range(test_start, test_start + n_test)]
+    jobs = [(str(out), pid, "train", seed, max_side, mix) for pid in range(n_patients)]
+    test_ids = range(test_start, test_start + n_test)
+    jobs += [(str(out), pid, "offsite", seed, max_side, mix) for pid in test_ids]
     n_workers = workers if workers is not None else (_default_workers() if len(jobs) >= 40 else 1)
     n_workers = max(1, min(n_workers, len(jobs)))
 
@@ -1587,6 +1600,7 @@ def synthesize(
         "eyefuse_version": __version__,
         "seed": seed,
         "max_side": max_side,
+        "mix": mix,
         "patients": {"train": n_patients, "offsite": n_test},
         "id_ranges": {
             "train": [0, n_patients - 1],
@@ -1611,7 +1625,7 @@ def synthesize(
             for cam in CAMERAS
         ],
         "generator_settings": {
-            "block": list(_BLOCK),
+            "block": list(MIXES[mix]),
             "second_disease_probability": P_SECOND_DISEASE,
             "second_disease_weights": _SECOND_DISEASE,
             "one_eye_probability": P_ONE_EYE,
