@@ -22,17 +22,25 @@ def main() -> None:
     p.add_argument("--split", default="offsite")
     p.add_argument("--labels", default=None, help="comma-separated labels (default: all but N and C)")
     p.add_argument("--max-patients", type=int, default=None)
-    args = p.parse_args()
-    t0 = time.perf_counter()
-    result = pointing_game_study(
-        args.run,
-        args.data,
-        split=args.split,
-        labels=args.labels.split(",") if args.labels else None,
-        max_patients=args.max_patients,
+    p.add_argument(
+        "--layer",
+        default="all",
+        choices=("all", "last", "previous"),
+        help="Grad-CAM feature map: the backbone's last, the stage before it (finer), or both (default)",
     )
-    print(result)
-    print(f"({time.perf_counter() - t0:.1f} s)")
+    args = p.parse_args()
+    for layer in ("last", "previous") if args.layer == "all" else (args.layer,):
+        t0 = time.perf_counter()
+        result = pointing_game_study(
+            args.run,
+            args.data,
+            split=args.split,
+            labels=args.labels.split(",") if args.labels else None,
+            max_patients=args.max_patients,
+            layer=layer,
+        )
+        print(result)
+        print(f"({time.perf_counter() - t0:.1f} s)")
 
 
 if __name__ == "__main__":

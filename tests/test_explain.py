@@ -18,11 +18,14 @@ from eyefuse.errors import CheckpointError, ConfigError
 from eyefuse.models import build_model
 from eyefuse.serve.explain import (
     MIN_PANEL,
+    backward_maps,
+    capture_previous_stage,
     explain_pair,
     lesion_mask,
     mask_to_preprocessed,
     normalise_jointly,
     pointing_game,
+    previous_stage_maps,
     run_explain,
 )
 from eyefuse.serve.predict import Predictor
@@ -118,6 +121,63 @@ def test_bare_model_with_preprocessed_arrays() -> None:
     expl = explain_pair(model, left, right, labels="A")
     assert expl.labels == ["A"] and expl.cams["A"]["left"].shape == (SIZE, SIZE)
     assert expl.attention == {} and expl.thresholds["A"] == 0.5
+
+
+def _bare_model(shared: bool) -> torch.nn.Module:
+    cfg = Config().model
+    cfg.backbone, cfg.pretrained, cfg.attention, cfg.fusion = "resnet10t", False, "none", "sum"
+    cfg.shared_backbone = shared
+    torch.manual_seed(0)
+    return build_model(cfg, ODIR_LABELS).eval()
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_previous_stage_maps_are_twice_as_fine_and_keep_the_eyes_apart(shared: bool) -> None:
+    model = _bare_model(shared)
+    rng = np.random.default_rng(1)
+    left = torch.from_numpy(rng.normal(size=(1, 3, SIZE, SIZE)).astype(np.float32))
+    right = torch.from_numpy(rng.normal(size=(1, 3, SIZE, SIZE)).astype(np.float32))
+    present = torch.tensor([True])
+
+    labels = list(range(len(ODIR_LABELS)))
+
+    def maps(a: torch.Tensor, b: torch.Tensor) -> tuple[dict, dict]:
+        with capture_previous_stage(model) as captured, torch.enable_grad():
+            out = model(a, b, present, present)
+            fine = previous_stage_maps(model, captured, out["logits"], labels)
+        assert len(captured) == (1 if shared else 2)  # one forward pass, hooked
+        with torch.enable_grad():
+            coarse = backward_maps(model(a, b, present, present, return_features=True), labels)
+        return fine, coarse
+
+    fine, coarse = maps(left, right)
+    for k in labels:
+        assert fine[k][0].shape == (1, SIZE // 16, SIZE // 16)
+        assert coarse[k][0].shape == (1, SIZE // 32, SIZE // 32)
+    # some label has evidence (random weights: ReLU zeroes others), and the eyes' maps differ
+    assert any(fine[k][0].max() > 0 and not torch.allclose(fine[k][0], fine[k][1]) for k in labels)
+    # The right eye absent: its features are replaced by the left's, so only the left map can be hot.
+    with capture_previous_stage(model) as captured, torch.enable_grad():
+        out = model(left, right, present, torch.tensor([False]))
+        one_eyed = previous_stage_maps(model, captured, out["logits"], labels)
+    assert all(float(one_eyed[k][1].abs().max()) == 0.0 for k in labels)
+    assert any(float(one_eyed[k][0].max()) > 0.0 for k in labels)
+    if shared:  # `sum` fusion is symmetric: swapping the eyes swaps their maps exactly
+        swapped, _ = maps(right, left)
+        for k in labels:
+            torch.testing.assert_close(swapped[k][0], fine[k][1])
+            torch.testing.assert_close(swapped[k][1], fine[k][0])
+
+
+def test_explain_on_the_previous_stage(tmp_path, ckpt, eyes) -> None:
+    summary = run_explain(ckpt, eyes[0], eyes[1], tmp_path / "fine", labels="D", layer="previous")
+    doc = json.loads((tmp_path / "fine" / "explanation.json").read_text())
+    assert doc["layer"] == "previous" and "stage before the last" in doc["method"]
+    cams = summary.explanation.cams["D"]
+    assert cams["left"].shape == (SIZE, SIZE)
+    assert max(cams["left"].max(), cams["right"].max()) == pytest.approx(1.0)
+    with pytest.raises(ConfigError, match="layer must be one of last, previous"):
+        explain_pair(Predictor.from_checkpoint(ckpt), eyes[0], eyes[1], labels="D", layer="first")
 
 
 def test_label_and_checkpoint_errors(tmp_path, ckpt, eyes) -> None:

@@ -204,7 +204,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from eyefuse.serve.explain import run_explain
 
-    print(run_explain(args.checkpoint, args.left, args.right, args.out, args.labels, device=args.device))
+    summary = run_explain(
+        args.checkpoint, args.left, args.right, args.out, args.labels, device=args.device, layer=args.layer
+    )
+    print(summary)
     return 0
 
 
@@ -383,6 +386,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--right", type=Path, help="right-eye photograph")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNGs and explanation.json")
     p.add_argument("--labels", help="comma-separated labels to explain (default: those predicted positive)")
+    p.add_argument(
+        "--layer",
+        choices=("last", "previous"),
+        default="last",
+        help="Grad-CAM on the backbone's last feature map (default) or the stage before it (twice as fine)",
+    )
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_explain)
 

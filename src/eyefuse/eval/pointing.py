@@ -32,6 +32,7 @@ class PointingResult:
     chance: dict[str, float] = field(default_factory=dict)  # mean over trials of the lesion area share
     tolerance_px: int = 0
     size: int = 0
+    layer: str = "last"
 
     @property
     def hit_rate(self) -> float:
@@ -45,7 +46,7 @@ class PointingResult:
 
     def __str__(self) -> str:
         lines = [
-            f"pointing game: Grad-CAM peak on the lesion "
+            f"pointing game: Grad-CAM ({self.layer} feature map) peak on the lesion "
             f"(dilated by {self.tolerance_px} px at {self.size} px)",
             f"{'label':<6} {'eyes':>5} {'hit rate':>9} {'chance':>7} {'ratio':>6}",
         ]
@@ -70,8 +71,10 @@ def pointing_game_study(
     tolerance_fraction: float = 0.02,
     max_patients: int | None = None,
     device: str = "cpu",
+    layer: str = "last",
 ) -> PointingResult:
-    """Play the pointing game on every lesion-bearing eye of `split` of a synthetic dataset."""
+    """Play the pointing game on every lesion-bearing eye of `split` of a synthetic dataset, with
+    Grad-CAM on the backbone's `last` feature map or the `previous` (finer) stage."""
     from eyefuse.data.odir import load_dataset
     from eyefuse.serve.explain import (
         explain_pair,
@@ -97,7 +100,7 @@ def pointing_game_study(
     size = predictor.preprocess.size
     tol = max(1, round(tolerance_fraction * size))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tol + 1, 2 * tol + 1))
-    result = PointingResult(tolerance_px=tol, size=size)
+    result = PointingResult(tolerance_px=tol, size=size, layer=layer)
     chance_sum: dict[str, float] = {}
     patients = [p for p in dataset.patients if p.source == split]
     if not patients:
@@ -114,7 +117,9 @@ def pointing_game_study(
         todo = sorted({lab for labs in present.values() for lab in labs})
         if not todo:
             continue
-        expl = explain_pair(predictor, p.eye_path("left"), p.eye_path("right"), todo, patient_id=p.id)
+        expl = explain_pair(
+            predictor, p.eye_path("left"), p.eye_path("right"), todo, patient_id=p.id, layer=layer
+        )
         for side, labs in present.items():
             fov = expl.fovs.get(side)
             if fov is None:
