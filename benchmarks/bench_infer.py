@@ -42,7 +42,7 @@ from eyefuse import ODIR_LABELS
 from eyefuse.config import load_config
 from eyefuse.models import build_model
 from eyefuse.serve.predict import Predictor
-from eyefuse.train.checkpoint import save_checkpoint
+from eyefuse.train.checkpoint import checkpoint_meta, save_checkpoint
 
 ODIR_SIZE = (2592, 1728)
 INPUT_SIZE = 224
@@ -55,15 +55,7 @@ def make_checkpoint(folder: Path, size: int) -> Path:
     cfg.model.pretrained = False
     torch.manual_seed(0)
     model = build_model(cfg.model, ODIR_LABELS, load_weights=False)
-    meta = {
-        "config": cfg.to_dict(),
-        "label_names": list(ODIR_LABELS),
-        "preprocess": cfg.to_dict()["preprocess"],
-        "model": {"mean": list(model.mean), "std": list(model.std)},
-        "thresholds": None,
-        "temperatures": None,
-    }
-    return save_checkpoint(folder, model.state_dict(), meta)
+    return save_checkpoint(folder, model.state_dict(), checkpoint_meta(cfg, ODIR_LABELS, model))
 
 
 def onnx_predictor(path: Path, threads: int) -> Predictor:

@@ -18,7 +18,7 @@ import torch
 from eyefuse import ODIR_LABELS
 from eyefuse.config import Config
 from eyefuse.models import build_model
-from eyefuse.train.checkpoint import save_checkpoint
+from eyefuse.train.checkpoint import checkpoint_meta, save_checkpoint
 
 SIZE = 64
 
@@ -47,15 +47,7 @@ def make_checkpoint(
         for name, p in model.named_parameters():
             if name.endswith("gamma"):  # 0 at initialisation: let the attention take part
                 p.fill_(1.0)
-    meta = {
-        "config": cfg.to_dict(),
-        "label_names": list(ODIR_LABELS),
-        "preprocess": cfg.to_dict()["preprocess"],
-        "model": {"mean": list(model.mean), "std": list(model.std)},
-        "thresholds": None,
-        "temperatures": None,
-        **meta_fields,
-    }
+    meta = {**checkpoint_meta(cfg, ODIR_LABELS, model), **meta_fields}
     return save_checkpoint(path, model.state_dict(), meta)
 
 

@@ -89,3 +89,21 @@ def test_update_meta(tmp_path) -> None:
     meta = ckpt.read_meta(tmp_path / "best")
     assert meta["thresholds"] == [0.3] and meta["format_version"] == ckpt.FORMAT_VERSION
     assert ckpt.package_versions()["torch"] == torch.__version__
+
+
+def test_checkpoint_meta_records_the_models_own_normalisation() -> None:
+    from types import SimpleNamespace
+
+    from eyefuse.config import Config
+
+    cfg = Config()
+    cfg.preprocess.size = 96
+    model = SimpleNamespace(
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
+    )  # e.g. a timm backbone not on ImageNet stats
+    meta = ckpt.checkpoint_meta(cfg, ("A", "B"), model)
+    assert meta["model"] == {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+    assert meta["label_names"] == ["A", "B"] and meta["preprocess"]["size"] == 96
+    assert meta["config"]["preprocess"] == meta["preprocess"]
+    assert meta["thresholds"] is None and meta["temperatures"] is None
+    json.dumps(meta)  # written as JSON

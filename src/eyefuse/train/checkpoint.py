@@ -21,6 +21,7 @@ import os
 import platform
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,21 @@ def git_commit() -> str | None:
         check=False,
     )
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def checkpoint_meta(cfg: Any, label_names: Sequence[str], model: Any) -> dict[str, Any]:
+    """The metadata every checkpoint carries: resolved config, label names, preprocessing, the
+    model's own input normalisation (timm's per-backbone mean/std), and no thresholds or
+    temperatures yet (calibration fills them in). The engine adds the run's split, seed and versions."""
+    config = cfg.to_dict()
+    return {
+        "config": config,
+        "label_names": list(label_names),
+        "preprocess": config["preprocess"],
+        "model": {"mean": list(model.mean), "std": list(model.std)},
+        "thresholds": None,
+        "temperatures": None,
+    }
 
 
 def save_checkpoint(

@@ -614,7 +614,7 @@ def fit(
                 raise ConfigError("train.gpu_cache=true needs CUDA")
             gpu_cache = TensorCache(train_set, device=device, progress=progress and info.is_main)
 
-        meta_base = _meta_base(cfg, data)
+        meta_base = _meta_base(cfg, data, model)
         writer = _tensorboard(run_dir) if info.is_main else None
         stopped_early = False
         epoch = start_epoch - 1
@@ -730,21 +730,16 @@ def _gpu_batches(cache: Any, batches: list[list[int]]) -> Iterator[dict[str, tor
         yield cache.batch(b)
 
 
-def _meta_base(cfg: Config, data: RunData) -> dict[str, Any]:
+def _meta_base(cfg: Config, data: RunData, model: nn.Module) -> dict[str, Any]:
     return {
-        "config": cfg.to_dict(),
+        **ckpt.checkpoint_meta(cfg, data.label_names, model),
         "config_hash": cfg.hash(),
-        "label_names": list(data.label_names),
-        "preprocess": cfg.to_dict()["preprocess"],
-        "model": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
         "split_file": str(data.split_file),
         "split_hash": data.split_hash,
         "split_sizes": {k: len(v) for k, v in data.splits.items()},
         "seed": cfg.train.seed,
         "versions": ckpt.package_versions(),
         "git_commit": ckpt.git_commit(),
-        "thresholds": None,
-        "temperatures": None,
     }
 
 
