@@ -188,7 +188,7 @@ def test_ddp_two_cpu_processes(synth_data: Path, tmp_path: Path) -> None:
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-4000:]
-    assert "all 2 ranks hold identical weights" in out.stdout
+    assert "all 2 ranks hold identical weights and buffers" in out.stdout
     assert (tmp_path / "ddp" / "best" / "model.safetensors").is_file()
 
 
@@ -226,3 +226,134 @@ def test_fit_with_ema_sgd_workers_and_early_stopping(synth_data: Path, tmp_path:
         (tmp_path / "run" / "tensorboard").iterdir()
     )  # the tensorboard extra is installed in make test
     assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") == expected_epochs + 1
+
+
+@pytest.mark.parametrize("n", [30, 31, 37, 40])
+def test_epoch_batches_split_the_epoch_between_ranks(n: int) -> None:
+    """Two ranks get equally many batches (DDP needs every rank to take every step), disjoint parts
+    of the epoch apart from the padding that evens them out, together covering every patient; step k
+    of the two ranks together is step k of one process with twice the batch."""
+    from eyefuse.train.distributed import DistInfo
+    from eyefuse.train.engine import epoch_batches
+
+    for epoch in range(3):
+        ranks = [epoch_batches(n, 4, 7, epoch, DistInfo(rank=r, world_size=2)) for r in range(2)]
+        assert len(ranks[0]) == len(ranks[1])
+        seen = [[i for b in batches for i in b] for batches in ranks]
+        pad = n % 2
+        assert len(seen[0]) + len(seen[1]) == n + pad
+        assert set(seen[0]) | set(seen[1]) == set(range(n))
+        shared = set(seen[0]) & set(seen[1])
+        assert len(shared) == pad and all(len(set(s)) == len(s) for s in seen)
+        single = epoch_batches(n, 8, 7, epoch, DistInfo())
+        if not pad:
+            assert [set(a) | set(b) for a, b in zip(*ranks, strict=True)] == [set(b) for b in single]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(sys.executable).with_name("torchrun").exists(), reason="torchrun not installed")
+def test_ddp_two_ranks_equal_one_process_with_twice_the_batch(tmp_path: Path) -> None:
+    """2 gloo ranks with batch b end with the weights of one process with batch 2b (SGD, 2 epochs).
+
+    BatchNorm: each rank normalises with its own b samples' statistics (plain BatchNorm, as the
+    trainer uses; SyncBatchNorm needs CUDA), so the one-process reference with BatchNorm normalises
+    each half of its 2b batch separately and averages the halves' losses (ghost batches of b). The
+    variant without BatchNorm is compared with the plain batch of 2b. Tolerance 1e-5 (float32 sums
+    in another order). Afterwards the ranks' BatchNorm buffers differ (each saw its own batches)
+    until `broadcast_buffers` gives every rank rank 0's."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import ddp_equivalence_worker as worker
+    from eyefuse.train.distributed import DistInfo
+    from eyefuse.train.engine import epoch_batches
+
+    cmd = [
+        str(Path(sys.executable).with_name("torchrun")),
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29541",
+        str(Path(__file__).with_name("ddp_equivalence_worker.py")),
+        str(tmp_path),
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    x, y = worker.data()
+    for variant in ("bn", "plain"):
+        torch.manual_seed(0)
+        model = worker.tiny_net(variant == "bn")
+        opt = torch.optim.SGD(model.parameters(), lr=worker.LR, momentum=0.9)
+        for epoch in range(worker.EPOCHS):
+            halves = [rank[f"{variant}_batches"][epoch] for rank in ranks]
+            single = epoch_batches(worker.N, 2 * worker.BATCH, 0, epoch, DistInfo())
+            assert [sorted(a + b) for a, b in zip(*halves, strict=True)] == [sorted(b) for b in single]
+            for a, b in zip(*halves, strict=True):
+                if variant == "bn":
+                    ce = torch.nn.functional.cross_entropy
+                    loss = (ce(model(x[a]), y[a]) + ce(model(x[b]), y[b])) / 2
+                else:
+                    loss = torch.nn.functional.cross_entropy(model(x[a + b]), y[a + b])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        for name, p in model.named_parameters():
+            for rank in ranks:
+                assert torch.allclose(rank[f"{variant}_weights"][name], p.detach(), atol=1e-5, rtol=0), name
+        assert ranks[0][f"{variant}_checksum"] == ranks[1][f"{variant}_checksum"]
+    before = [r["bn_buffers_before"]["1.running_mean"] for r in ranks]
+    assert not torch.equal(before[0], before[1])  # each rank's own statistics
+    for r in ranks:
+        for k, v in r["bn_buffers_after"].items():
+            assert torch.equal(v, ranks[0]["bn_buffers_before"][k]), k
+
+
+def test_non_finite_loss_is_reported_with_its_step() -> None:
+    """The loss is checked on the device and read back every SYNC_EVERY steps and at the end of the
+    epoch: a NaN at step 2 stops the epoch with an error naming step 2."""
+    from eyefuse.errors import EyefuseError
+    from eyefuse.models import build_model
+    from eyefuse.train import engine
+    from eyefuse.train.distributed import DistInfo
+
+    cfg = load_config("demo", [*TINY, "preprocess.size=32", "model.backbone=resnet10t"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, tuple("NDGCAHMO"))
+    gen = torch.Generator().manual_seed(0)
+
+    def batch() -> dict[str, torch.Tensor]:
+        y = (torch.rand(2, 8, generator=gen) > 0.5).float()
+        return {
+            "left": torch.randint(0, 256, (2, 3, 32, 32), generator=gen, dtype=torch.uint8),
+            "right": torch.randint(0, 256, (2, 3, 32, 32), generator=gen, dtype=torch.uint8),
+            "labels": y,
+            "left_labels": y,
+            "right_labels": y,
+            "eye_labels_known": torch.ones(2, 2, dtype=torch.bool),
+            "left_present": torch.ones(2, dtype=torch.bool),
+            "right_present": torch.ones(2, dtype=torch.bool),
+        }
+
+    calls = []
+
+    def criterion(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+        return loss * float("nan") if len(calls) == 2 else loss
+
+    optimizer = engine.build_optimizer(model, cfg, backbone_pretrained=False)
+    scheduler = engine.build_scheduler(optimizer, cfg, 3)
+    loader = [batch() for _ in range(3)]
+    with pytest.raises(EyefuseError, match="loss became non-finite at epoch 1, step 2"):
+        engine.train_one_epoch(
+            model,
+            criterion,
+            optimizer,
+            scheduler,
+            loader,
+            torch.device("cpu"),
+            0,
+            cfg,
+            DistInfo(),
+            progress=False,
+        )
+    assert len(calls) == 3  # no read-back (and no stop) before the end of this short epoch

@@ -180,11 +180,17 @@ def augment_batch(
     gray = _grayscale(x)
     x = ((x - gray) * saturation + gray).clamp_(0.0, 255.0)
 
-    # 4. blur, computed only for the chosen images.
+    # 4. blur of the chosen images.
     if cfg.blur_prob > 0.0:
-        chosen = torch.nonzero(u_blur < cfg.blur_prob).squeeze(1)
-        if chosen.numel():
-            x[chosen] = gaussian_blur(x[chosen], sigma[chosen])
+        blur = u_blur < cfg.blur_prob
+        if device.type == "cpu":
+            chosen = torch.nonzero(blur).squeeze(1)
+            if chosen.numel():
+                x[chosen] = gaussian_blur(x[chosen], sigma[chosen])
+        else:
+            # On an accelerator blurring every image and keeping the chosen ones is cheap, while
+            # finding the chosen ones (nonzero) would make the host wait for the device every step.
+            x = torch.where(blur.view(n, 1, 1, 1), gaussian_blur(x, sigma), x)
 
     x = x.view(b, 2, 3, size, size)
 

@@ -21,12 +21,19 @@ not 0.5, which would halve every residual branch); ``residual_attention`` starts
 identity because ``gamma`` starts at 0 (as in SAGAN/ReZero): only ``gamma`` receives a gradient on
 the first step, after which the gates learn.
 
+Precision: under bf16/fp16 autocast every gate (the pooled statistics, the small MLP or convolution
+over them, the sigmoid) is computed in float32 (``float32_gate``) and only the product ``x * gate``
+stays in the autocast dtype. The pooled mean of a wide map summed in bf16 loses most of its digits,
+and a gate logit rounded to bf16 near ``GATE_INIT_BIAS`` moves the gate in steps of 0.4 %; the gates
+cost a few thousand FLOPs per image, so float32 is free.
+
 Spatial gates keep their last map (``.last_map``, ``B x 1 x h x w``, detached, values in (0, 1)) so
 that ``explain`` can show where the spatial attention looked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 
@@ -52,6 +59,23 @@ def recording_allowed() -> bool:
     return True
 
 
+def float32_gate(x: torch.Tensor) -> contextlib.AbstractContextManager[None]:
+    """A context in which autocast is off for ``x``'s device (a no-op when autocast is not on), so
+    that a gate computed from ``x.float()`` statistics runs in float32."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.autocast(x.device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _mean_f32(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Mean over ``dims`` accumulated and returned in float32 (no float32 copy of ``x``)."""
+    return x.mean(dims, keepdim=True, dtype=torch.float32)
+
+
+def _max_f32(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    return x.amax(dims, keepdim=True).float()  # a maximum is exact in any dtype
+
+
 def _reduced(channels: int, reduction: int, min_channels: int = 8) -> int:
     return max(channels // reduction, min_channels)
 
@@ -73,11 +97,12 @@ class SqueezeExcite(nn.Module):
         nn.init.constant_(self.fc2.bias, GATE_INIT_BIAS)
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
-        """Channel gate ``B x C x 1 x 1`` in (0, 1)."""
-        return torch.sigmoid(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))
+        """Channel gate ``B x C x 1 x 1`` in (0, 1), float32."""
+        with float32_gate(x):
+            return torch.sigmoid(self.fc2(self.act(self.fc1(_mean_f32(x, (2, 3))))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(x)
+        return x * self.gate(x).to(x.dtype)
 
 
 class EfficientChannelAttention(nn.Module):
@@ -95,9 +120,10 @@ class EfficientChannelAttention(nn.Module):
         nn.init.constant_(self.conv.bias, GATE_INIT_BIAS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x.mean((2, 3)).unsqueeze(1)  # B x 1 x C: channels become the sequence axis
-        gate = torch.sigmoid(self.conv(y)).transpose(1, 2).unsqueeze(-1)  # B x C x 1 x 1
-        return x * gate
+        with float32_gate(x):
+            y = _mean_f32(x, (2, 3)).flatten(1).unsqueeze(1)  # B x 1 x C: channels become the sequence axis
+            gate = torch.sigmoid(self.conv(y)).transpose(1, 2).unsqueeze(-1)  # B x C x 1 x 1
+        return x * gate.to(x.dtype)
 
 
 class ChannelGate(nn.Module):
@@ -113,9 +139,11 @@ class ChannelGate(nn.Module):
         nn.init.constant_(self.fc2.bias, GATE_INIT_BIAS / 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        avg = self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True))))
-        mx = self.fc2(self.act(self.fc1(x.amax((2, 3), keepdim=True))))
-        return torch.sigmoid(avg + mx)
+        """The gate ``B x C x 1 x 1``, float32."""
+        with float32_gate(x):
+            avg = self.fc2(self.act(self.fc1(_mean_f32(x, (2, 3)))))
+            mx = self.fc2(self.act(self.fc1(_max_f32(x, (2, 3)))))
+            return torch.sigmoid(avg + mx)
 
 
 class SpatialGate(nn.Module):
@@ -133,8 +161,10 @@ class SpatialGate(nn.Module):
         self.last_map: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], dim=1)
-        gate = torch.sigmoid(self.conv(pooled))
+        """The gate ``B x 1 x h x w``, float32."""
+        with float32_gate(x):
+            pooled = torch.cat([_mean_f32(x, (1,)), _max_f32(x, (1,))], dim=1)
+            gate = torch.sigmoid(self.conv(pooled))
         if recording_allowed():
             self.last_map = gate.detach()
         return gate
@@ -149,8 +179,8 @@ class CBAM(nn.Module):
         self.spatial = SpatialGate(kernel_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x * self.channel(x)
-        return x * self.spatial(x)
+        x = x * self.channel(x).to(x.dtype)
+        return x * self.spatial(x).to(x.dtype)
 
 
 class ResidualAttention(nn.Module):
@@ -175,9 +205,11 @@ class ResidualAttention(nn.Module):
         self.gamma = nn.Parameter(torch.zeros(()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        refined = x * torch.sigmoid(self.fc2(self.act(self.fc1(x.mean((2, 3), keepdim=True)))))
-        refined = refined * self.spatial(refined)
-        return x + self.gamma * refined
+        with float32_gate(x):
+            channel = torch.sigmoid(self.fc2(self.act(self.fc1(_mean_f32(x, (2, 3))))))
+        refined = x * channel.to(x.dtype)
+        refined = refined * self.spatial(refined).to(x.dtype)
+        return x + self.gamma.to(x.dtype) * refined
 
 
 #: name -> (constructor taking channels and keyword options, one-line description)

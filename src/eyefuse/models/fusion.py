@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from eyefuse.errors import ConfigError
+from eyefuse.models.attention import float32_gate
 
 
 def global_pool(x: torch.Tensor) -> torch.Tensor:
@@ -92,6 +93,10 @@ class CrossAttentionFusion(nn.Module):
     the same attention weights (the eyes are mirror images; shared weights keep the module symmetric).
     No positional encoding: matching is by content, and works at any input size. Each eye's tokens are
     averaged and the two vectors concatenated: D = 2 * dim.
+
+    Under bf16/fp16 autocast the module runs in float32 (projection, attention, LayerNorm): the
+    query-key products of un-normalised backbone features are large, their softmax and its backward
+    lose the small differences in bf16, and the whole module is under 1 % of the model's FLOPs.
     """
 
     per_eye = False
@@ -106,11 +111,12 @@ class CrossAttentionFusion(nn.Module):
         self.out_dim = 2 * dim
 
     def forward(self, feat_left: torch.Tensor, feat_right: torch.Tensor) -> torch.Tensor:
-        tl = self.proj(feat_left.flatten(2).transpose(1, 2))  # B x hw x dim
-        tr = self.proj(feat_right.flatten(2).transpose(1, 2))
-        al, _ = self.attn(tl, tr, tr, need_weights=False)
-        ar, _ = self.attn(tr, tl, tl, need_weights=False)
-        return torch.cat([self.norm(tl + al).mean(1), self.norm(tr + ar).mean(1)], dim=1)
+        with float32_gate(feat_left):
+            tl = self.proj(feat_left.float().flatten(2).transpose(1, 2))  # B x hw x dim
+            tr = self.proj(feat_right.float().flatten(2).transpose(1, 2))
+            al, _ = self.attn(tl, tr, tr, need_weights=False)
+            ar, _ = self.attn(tr, tl, tl, need_weights=False)
+            return torch.cat([self.norm(tl + al).mean(1), self.norm(tr + ar).mean(1)], dim=1)
 
 
 class SingleEye(nn.Module):

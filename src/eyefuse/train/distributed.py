@@ -88,6 +88,26 @@ def all_reduce_mean(value: float, info: DistInfo) -> float:
     return float(t.item()) / info.world_size
 
 
+def all_reduce_max_(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """In place: the element-wise maximum of `tensor` over ranks (on the device the backend uses)."""
+    if info.enabled:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def broadcast_buffers(model: torch.nn.Module, info: DistInfo) -> None:
+    """Rank 0's floating-point buffers (BatchNorm running mean and variance) on every rank.
+
+    DDP keeps parameters identical, and broadcasts buffers only at the start of each forward: after
+    an epoch each rank holds running statistics of its own last batches. Broadcasting them before
+    validation makes every rank validate (and save) with one set."""
+    if not info.enabled:
+        return
+    with torch.no_grad():
+        for buf in model.buffers():
+            dist.broadcast(buf, src=0)
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

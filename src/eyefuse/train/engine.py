@@ -33,8 +33,10 @@ from eyefuse.errors import ConfigError, EyefuseError
 from eyefuse.train import checkpoint as ckpt
 from eyefuse.train.distributed import (
     DistInfo,
+    all_reduce_max_,
     all_reduce_mean,
     barrier,
+    broadcast_buffers,
     broadcast_object,
     gather_objects,
     init_distributed,
@@ -231,14 +233,59 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, info: DistInfo
     return batches
 
 
-def make_loader(dataset: Dataset, batches: Sequence[Sequence[int]], num_workers: int, device: torch.device):
+class EpochBatchSampler:
+    """A batch sampler whose batches are replaced every epoch (`set_batches`), so that one DataLoader
+    and its worker processes serve every epoch (`persistent_workers`) instead of starting new workers
+    per epoch. The sampler is iterated in the main process, so the workers see the new batches."""
+
+    def __init__(self, batches: Sequence[Sequence[int]]):
+        self.batches = [list(b) for b in batches]
+
+    def set_batches(self, batches: Sequence[Sequence[int]]) -> None:
+        self.batches = [list(b) for b in batches]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def make_loader(
+    dataset: Dataset,
+    batches: Sequence[Sequence[int]],
+    num_workers: int,
+    device: torch.device,
+    *,
+    persistent: bool = False,
+) -> DataLoader:
+    """A DataLoader over fixed `batches`. With `persistent` (and workers) the workers live as long as
+    the loader: change its batches with `loader.batch_sampler.set_batches` for the next epoch. Pinned
+    host memory on CUDA, so that `_to_device`'s non-blocking copies overlap the previous step."""
+    workers = num_workers > 0
     return DataLoader(
         dataset,
-        batch_sampler=batches,
+        batch_sampler=EpochBatchSampler(batches),
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=False,
+        persistent_workers=persistent and workers,
+        prefetch_factor=4 if workers else None,
     )
+
+
+def epoch_loader(
+    loader: DataLoader | None,
+    dataset: Dataset,
+    batches: Sequence[Sequence[int]],
+    cfg: Config,
+    device: torch.device,
+) -> DataLoader:
+    """The training DataLoader for an epoch: `loader` (last epoch's, workers kept alive) with this
+    epoch's batches, or a new persistent one."""
+    if loader is None:
+        return make_loader(dataset, batches, cfg.train.num_workers, device, persistent=True)
+    loader.batch_sampler.set_batches(batches)
+    return loader
 
 
 # --- model, optimiser, schedule -----------------------------------------------------------------
@@ -330,6 +377,19 @@ def compute_loss(
     return loss
 
 
+#: Steps between the checks that the loss is finite and the progress-bar updates: each reads a value
+#: back from the device, which makes the host wait for the GPU; between them the host runs ahead and
+#: keeps the GPU's queue full.
+SYNC_EVERY = 25
+
+
+def fault_step_from_env() -> int | None:
+    """Test hook: EYEFUSE_FAULT_KILL_AT_STEP=N (read once per run) makes training SIGKILL itself after
+    optimiser step N, so the resume test can kill a run mid-epoch at a reproducible point."""
+    target = os.environ.get("EYEFUSE_FAULT_KILL_AT_STEP")
+    return int(target) if target else None
+
+
 def train_one_epoch(
     model: nn.Module,
     criterion: nn.Module,
@@ -345,8 +405,15 @@ def train_one_epoch(
     ema: Any = None,
     progress: bool = True,
     start_step: int = 0,
+    fault_step: int | None = None,
 ) -> tuple[float, float, int]:
-    """One pass over the training batches. Returns (mean loss, eye images per second, steps)."""
+    """One pass over the training batches. Returns (mean loss, eye images per second, steps).
+
+    The loop never waits for the device except every `SYNC_EVERY` steps and at the end: the loss is
+    summed on the device, a non-finite loss is remembered (first step) on the device and reported at
+    the next check. Images per second cover the whole epoch, from asking for the first batch until
+    the device has finished the last step (the same quantity bench_train.py measures for the model
+    alone, plus loading and augmentation)."""
     from tqdm import tqdm
 
     from eyefuse.data.augment import augment_batch
@@ -356,9 +423,28 @@ def train_one_epoch(
     gen = torch.Generator(device=device)
     gen.manual_seed(epoch_seed(cfg.train.seed, epoch, info.rank, stream=2))
     dtype = amp_dtype(cfg.train.amp, device)
-    total_loss, n_seen, steps = 0.0, 0, 0
+    loss_sum = torch.zeros((), device=device)
+    first_bad = torch.full((), -1, dtype=torch.int64, device=device)  # first step with a non-finite loss
+    n_seen, steps = 0, 0
     t0 = time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", disable=not (progress and info.is_main))
+
+    def check() -> None:
+        # Every rank stops together (a rank that raised alone would leave the others waiting in
+        # DDP's next all-reduce): the largest first-bad step over ranks, -1 when all are finite.
+        bad = int(all_reduce_max_(first_bad.clone(), info).item())  # waits for the device
+        if bad >= 0:
+            raise EyefuseError(
+                f"loss became non-finite at epoch {epoch + 1}, step {bad + 1}: lower train.lr, "
+                "or use train.amp=bf16/off"
+            )
+        if bar.disable is False:
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix(
+                loss=f"{loss_sum.item() / max(1, n_seen):.4f}",
+                img_s=f"{2 * n_seen * info.world_size / elapsed:.1f}",
+            )
+
     for batch in bar:
         batch = _to_device(batch, device)
         batch = augment_batch(batch, cfg.augment, generator=gen)
@@ -366,11 +452,8 @@ def train_one_epoch(
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             outputs = model(left, right, batch["left_present"], batch["right_present"])
         loss = compute_loss(outputs, batch, criterion, cfg)
-        if not torch.isfinite(loss):
-            raise EyefuseError(
-                f"loss became {loss.item()} at epoch {epoch + 1}, step {steps + 1}: lower train.lr, "
-                "or use train.amp=bf16/off"
-            )
+        finite = torch.isfinite(loss.detach())
+        first_bad = torch.where(~finite & (first_bad < 0), steps, first_bad)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -389,26 +472,18 @@ def train_one_epoch(
             ema.update(_unwrap(model))
         steps += 1
         bs = batch["labels"].shape[0]
-        total_loss += loss.item() * bs
+        loss_sum += loss.detach() * bs
         n_seen += bs
-        elapsed = time.perf_counter() - t0
-        bar.set_postfix(
-            loss=f"{total_loss / n_seen:.4f}", img_s=f"{2 * n_seen * info.world_size / elapsed:.1f}"
-        )
-        _fault_injection(start_step + steps)
+        if steps % SYNC_EVERY == 0:
+            check()
+        if fault_step is not None and start_step + steps == fault_step:
+            os.kill(os.getpid(), signal.SIGKILL)
         if cfg.train.max_steps_per_epoch and steps >= cfg.train.max_steps_per_epoch:
             break
+    check()  # also waits for the last step to finish, so the time below is the device's too
     elapsed = time.perf_counter() - t0
-    mean_loss = all_reduce_mean(total_loss / max(1, n_seen), info)
+    mean_loss = all_reduce_mean(float(loss_sum.item()) / max(1, n_seen), info)
     return mean_loss, 2 * n_seen * info.world_size / max(elapsed, 1e-9), steps
-
-
-def _fault_injection(global_step: int) -> None:
-    """Test hook: EYEFUSE_FAULT_KILL_AT_STEP=N sends SIGKILL to this process after optimiser step N,
-    so the resume test can kill a run mid-epoch at a reproducible point."""
-    target = os.environ.get("EYEFUSE_FAULT_KILL_AT_STEP")
-    if target and int(target) == global_step:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 @torch.no_grad()
@@ -431,8 +506,10 @@ def evaluate(
     batches = [idx[i : i + bs] for i in range(0, len(idx), bs)]
     loader = make_loader(dataset, batches, cfg.train.num_workers, device)
     dtype = amp_dtype(cfg.train.amp, device)
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    loss_sum = 0.0
+    # Kept on the device and copied back once at the end: a copy per batch would make the host wait
+    # for every batch before queueing the next.
+    on_device: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    loss_sum = torch.zeros((), device=device)
     for batch in loader:
         batch = eval_transform(_to_device(batch, device))
         left, right = model_inputs(model, batch, cfg.train.channels_last)
@@ -440,9 +517,10 @@ def evaluate(
             outputs = model(left, right, batch["left_present"], batch["right_present"])
         logits = outputs["logits"].float()
         if criterion is not None:
-            loss_sum += criterion(logits, batch["labels"]).item() * logits.shape[0]
-        parts.append((batch["index"].cpu().numpy(), logits.cpu().numpy(), batch["labels"].cpu().numpy()))
-    gathered = gather_objects((parts, loss_sum), info)
+            loss_sum += criterion(logits, batch["labels"]) * logits.shape[0]
+        on_device.append((batch["index"], logits, batch["labels"]))
+    parts = [(i.cpu().numpy(), lg.cpu().numpy(), y.cpu().numpy()) for i, lg, y in on_device]
+    gathered = gather_objects((parts, float(loss_sum.item())), info)
     all_parts = [p for rank_parts, _ in gathered for p in rank_parts]
     n_labels = len(_unwrap(model).label_names)
     if not all_parts:
@@ -618,16 +696,18 @@ def fit(
         writer = _tensorboard(run_dir) if info.is_main else None
         stopped_early = False
         epoch = start_epoch - 1
+        train_loader: DataLoader | None = None
+        fault_step = fault_step_from_env()
         for epoch in range(start_epoch, cfg.train.epochs):
             t0 = time.perf_counter()
             batches = epoch_batches(len(train_set), cfg.train.batch_size, cfg.train.seed, epoch, info)
             if cfg.train.max_steps_per_epoch:
                 batches = batches[: cfg.train.max_steps_per_epoch]
-            loader = (
-                _gpu_batches(gpu_cache, batches)
-                if gpu_cache is not None
-                else make_loader(train_set, batches, cfg.train.num_workers, device)
-            )
+            if gpu_cache is not None:
+                loader = _gpu_batches(gpu_cache, batches)
+            else:  # one DataLoader for the run: its workers are started once, not every epoch
+                train_loader = epoch_loader(train_loader, train_set, batches, cfg, device)
+                loader = train_loader
             train_loss, img_s, _ = train_one_epoch(
                 train_model,
                 criterion,
@@ -642,7 +722,13 @@ def fit(
                 ema=ema,
                 progress=progress,
                 start_step=epoch * steps_per_epoch,
+                fault_step=fault_step,
             )
+            # Each DDP rank updated its own BatchNorm running statistics on its own batches: rank 0's
+            # go to every rank, so that validation, EMA and the saved weights use one set.
+            broadcast_buffers(model, info)
+            if ema is not None:
+                broadcast_buffers(ema.module, info)
             eval_model = ema.module if ema is not None else model
             result = evaluate(eval_model, val_set, device, cfg, info, criterion)
             scores = validation_scores(eval_model, result)
@@ -709,19 +795,24 @@ def fit(
 
 
 def check_replicas_identical(model: nn.Module, info: DistInfo) -> str:
-    """Raise if the DDP ranks' weights differ (they must stay bit-identical); returns the checksum.
+    """Raise if the DDP ranks' parameters or buffers differ; returns the checksum.
 
-    Parameters only: BatchNorm running statistics are per-rank buffers between DDP's broadcasts
-    (rank 0's are the ones saved)."""
+    Parameters must stay bit-identical (DDP averages the gradients, every rank takes the same step);
+    buffers (BatchNorm running statistics) are identical after `broadcast_buffers`, which `fit` runs
+    after every epoch's training, so a rank that validated or saved with other statistics is caught."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.named_parameters()):
+    tensors = [*model.named_parameters(), *(("buffer:" + n, b) for n, b in model.named_buffers())]
+    for name, tensor in sorted(tensors, key=lambda item: item[0]):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     sums = gather_objects(digest.hexdigest(), info)
     if len(set(sums)) != 1:
-        raise RuntimeError(f"DDP ranks hold different weights: {sums}")
+        raise RuntimeError(f"DDP ranks hold different weights or buffers: {sums}")
     if info.is_main:
-        print(f"all {info.world_size} ranks hold identical weights (sha256 {sums[0][:16]})", flush=True)
+        print(
+            f"all {info.world_size} ranks hold identical weights and buffers (sha256 {sums[0][:16]})",
+            flush=True,
+        )
     return sums[0]
 
 

@@ -10,12 +10,17 @@
 - `masked_bce`: the per-eye auxiliary loss, counted only where the eye's labels are known.
 
 `create_loss` picks one from a `LossConfig` and the model head.
+
+Every loss computes in float32 with autocast off (`float32_loss`), whatever dtype the logits come in
+and wherever it is called: ASL's log of a clipped probability and the focal weights are where bf16's
+8-bit mantissa hurts (sigmoid rounds to exactly 1.0 above a logit of about 6 in bf16, so 1 - p is 0).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +31,19 @@ from eyefuse.config import LossConfig
 from eyefuse.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+
+
+def float32_loss(forward: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Decorate a loss's ``forward(logits, targets, ...)``: autocast off, logits as float32."""
+
+    @functools.wraps(forward)
+    def wrapper(
+        self: nn.Module, logits: torch.Tensor, targets: torch.Tensor, *args, **kwargs
+    ) -> torch.Tensor:
+        with torch.autocast(logits.device.type, enabled=False):
+            return forward(self, logits.float(), targets, *args, **kwargs)
+
+    return wrapper
 
 
 def pos_weight_from_labels(
@@ -68,6 +86,7 @@ class BCEWithLogits(nn.Module):
         # A buffer moves with `.to(device)` and is saved with the module's state.
         self.register_buffer("pos_weight", pos_weight.float() if pos_weight is not None else None)
 
+    @float32_loss
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(
             logits, targets.to(logits.dtype), pos_weight=self.pos_weight, reduction="mean"
@@ -91,6 +110,7 @@ class FocalLoss(nn.Module):
         self.gamma = float(gamma)
         self.alpha = alpha
 
+    @float32_loss
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         y = targets.to(logits.dtype)
         bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
@@ -126,6 +146,7 @@ class AsymmetricLoss(nn.Module):
         self.clip = float(clip)
         self.focal_grad = focal_grad
 
+    @float32_loss
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         y = targets.to(logits.dtype)
         p = torch.sigmoid(logits)
@@ -161,6 +182,7 @@ class SoftTargetCrossEntropy(nn.Module):
         super().__init__()
         self.register_buffer("skipped_rows", torch.zeros((), dtype=torch.int64), persistent=False)
 
+    @float32_loss
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         y = targets.to(logits.dtype)
         mass = y.sum(1, keepdim=True)
@@ -182,6 +204,7 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) 
     """
     if mask.shape != logits.shape[:1]:
         raise ValueError(f"mask must have shape ({logits.shape[0]},), got {tuple(mask.shape)}")
+    logits = logits.float()
     per_sample = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none").mean(
         1
     )

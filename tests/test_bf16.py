@@ -1,0 +1,133 @@
+"""bf16 autocast: every preset's model and loss train for a few steps with finite losses, gradients
+and weights, and the numerically sensitive parts (losses, attention gates, cross-attention) compute
+in float32 under autocast. CPU autocast supports bf16, so this runs without a GPU; the CUDA run of
+the full-size presets is in scripts/device_check.sh."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from eyefuse.config import load_config
+from eyefuse.models import build_model
+from eyefuse.models.attention import CBAM, ResidualAttention, SpatialGate, SqueezeExcite
+from eyefuse.models.fusion import CrossAttentionFusion
+from eyefuse.train import engine
+from eyefuse.train.losses import AsymmetricLoss, BCEWithLogits, FocalLoss, SoftTargetCrossEntropy, create_loss
+
+LABELS = tuple("NDGCAHMO")
+BF16 = {"device_type": "cpu", "dtype": torch.bfloat16}
+
+
+def _batch(gen: torch.Generator, b: int, size: int) -> dict[str, torch.Tensor]:
+    y = (torch.rand(b, 8, generator=gen) > 0.7).float()
+    y[:, 0] = torch.where(y.sum(1) == 0, 1.0, y[:, 0])
+    present = torch.ones(b, dtype=torch.bool)
+    return {
+        "left": torch.randint(0, 256, (b, 3, size, size), generator=gen, dtype=torch.uint8),
+        "right": torch.randint(0, 256, (b, 3, size, size), generator=gen, dtype=torch.uint8),
+        "labels": y,
+        "left_labels": y,
+        "right_labels": y,
+        "eye_labels_known": torch.ones(b, 2, dtype=torch.bool),
+        "left_present": present,
+        "right_present": present,
+    }
+
+
+@pytest.mark.parametrize("preset", ["paper", "strong", "demo"])
+def test_preset_trains_under_bf16_autocast(preset: str) -> None:
+    """The preset's attention, placement, fusion, head, auxiliary heads, loss, optimiser, gradient
+    clipping and EMA, with a small backbone (resnet10t) at 32 px so that it runs in seconds."""
+    cfg = load_config(
+        preset, ["model.pretrained=false", "model.backbone=resnet10t", "preprocess.size=32", "train.lr=0.01"]
+    )
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    model = build_model(cfg.model, LABELS).train()
+    labels = np.stack([_batch(gen, 4, 8)["labels"].numpy() for _ in range(4)]).reshape(-1, 8)
+    criterion = create_loss(cfg.loss, cfg.model.head, labels, LABELS)
+    optimizer = engine.build_optimizer(model, cfg, backbone_pretrained=False)
+    ema = None
+    if cfg.train.ema:
+        from timm.utils import ModelEmaV3
+
+        ema = ModelEmaV3(model, decay=0.5)
+    for step in range(3):
+        batch = _batch(gen, 4, 32)
+        left, right = engine.model_inputs(model, batch, channels_last=False)
+        with torch.autocast(**BF16):
+            outputs = model(left, right, batch["left_present"], batch["right_present"])
+        assert outputs["logits"].dtype == torch.bfloat16  # autocast really was on
+        loss = engine.compute_loss(outputs, batch, criterion, cfg)
+        assert loss.dtype == torch.float32 and torch.isfinite(loss), (preset, step, loss)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        bad = [
+            n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()
+        ]
+        assert not bad, (preset, step, bad[:5])
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        if ema is not None:
+            ema.update(model)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    if ema is not None:
+        assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in ema.module.parameters())
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [AsymmetricLoss(), AsymmetricLoss(clip=0.0), FocalLoss(2.0), BCEWithLogits(), SoftTargetCrossEntropy()],
+)
+def test_losses_compute_in_float32_under_autocast(loss: torch.nn.Module) -> None:
+    """Called with bf16 logits inside autocast, a loss gives the float32 loss of those same logits
+    and a float32 gradient; large logits (where sigmoid rounds to 1 in bf16) stay finite."""
+    gen = torch.Generator().manual_seed(1)
+    logits = (torch.randn(6, 8, generator=gen) * 12).to(torch.bfloat16)
+    targets = (torch.rand(6, 8, generator=gen) > 0.5).float()
+    targets[:, 0] = 1.0
+    reference = loss(logits.float(), targets)
+    x = logits.clone().requires_grad_(True)
+    with torch.autocast(**BF16):
+        value = loss(x, targets)
+    assert value.dtype == torch.float32
+    assert torch.allclose(value, reference, rtol=1e-6, atol=1e-7)
+    value.backward()
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("module", [SqueezeExcite(64), CBAM(64), ResidualAttention(64), SpatialGate()])
+def test_attention_gates_are_float32_under_autocast(module: torch.nn.Module) -> None:
+    """The gates are computed in float32 from the bf16 map: the output equals x * (float32 gate) up
+    to the one rounding of the product, not the several roundings of a bf16 gate."""
+    torch.manual_seed(2)
+    if isinstance(module, ResidualAttention):
+        torch.nn.init.ones_(module.gamma)
+    x = (torch.randn(2, 64, 9, 9) * 4 + 1).to(torch.bfloat16)
+    with torch.autocast(**BF16):
+        out = module(x)
+    reference = module(x.float())
+    with torch.autocast(**BF16):
+        if isinstance(module, SqueezeExcite):
+            assert module.gate(x).dtype == torch.float32
+        if isinstance(module, CBAM):
+            assert module.channel(x).dtype == torch.float32 and module.spatial(x).dtype == torch.float32
+    if isinstance(module, SpatialGate):
+        assert out.dtype == torch.float32 and torch.allclose(out, reference, atol=1e-6)
+    else:
+        assert out.dtype == torch.bfloat16
+        # one bf16 rounding of the product per multiplication: relative error <= 3 * 2**-8
+        assert torch.allclose(out.float(), reference, rtol=3 * 2**-8, atol=1e-2)
+
+
+def test_cross_attention_runs_in_float32_under_autocast() -> None:
+    torch.manual_seed(3)
+    fusion = CrossAttentionFusion(64, dim=32, heads=4)
+    a = (torch.randn(2, 64, 4, 4) * 30).to(torch.bfloat16)
+    b = (torch.randn(2, 64, 4, 4) * 30).to(torch.bfloat16)
+    with torch.autocast(**BF16):
+        out = fusion(a, b)
+    assert out.dtype == torch.float32
+    assert torch.allclose(out, fusion(a.float(), b.float()), atol=1e-5)
