@@ -11,6 +11,15 @@ per eye image: paper seconds-per-image / baseline seconds-per-image (target <= 1
 
 On CPU peak memory is the child process's maximum resident set size; on CUDA it is
 `torch.cuda.max_memory_allocated`. Prints the figures; asserts nothing.
+
+`--preset NAME` (with `--set KEY=VALUE` overrides) times that preset's model alone instead of the
+paper/plain pair: the model-only figure that `eyefuse train`'s `train_images_per_s` is compared with
+(scripts/device_check.sh). `--deterministic` applies the trainer's `train.deterministic` backend
+settings (deterministic algorithms, no cuDNN autotuning); without it cuDNN autotunes, as the trainer
+does with `train.deterministic=false`.
+
+    .venv/bin/python benchmarks/bench_train.py --preset paper --size 448 --batch 32 \
+        --device cuda --amp bf16 --channels-last --only-preset
 """
 
 from __future__ import annotations
@@ -25,14 +34,21 @@ from typing import Any
 def _worker(kind: str, args: dict[str, Any], queue: mp.Queue) -> None:
     import torch
 
-    from eyefuse.config import ModelConfig
+    from eyefuse.config import ModelConfig, load_config
+    from eyefuse.train.engine import seed_everything
 
-    torch.manual_seed(0)
+    seed_everything(0, args["deterministic"])  # the trainer's backend settings
     if args["threads"]:
         torch.set_num_threads(args["threads"])
     device = torch.device(args["device"])
     size, patients = args["size"], args["batch"]
-    if kind == "paper":
+    if kind == "preset":
+        from eyefuse.models import build_model
+
+        preset = load_config(args["preset"], ["model.pretrained=false", *args["set"]])
+        model = build_model(preset.model)
+        kind = "paper"  # two eyes per patient, as below
+    elif kind == "paper":
         from eyefuse.models import build_model
 
         cfg = ModelConfig(
@@ -64,7 +80,7 @@ def _worker(kind: str, args: dict[str, Any], queue: mp.Queue) -> None:
         images = torch.randn(eyes, 3, size, size, device=device).contiguous(memory_format=fmt)
         target = (torch.rand(eyes, 8, device=device) > 0.7).float()
 
-    def step() -> None:
+    def step() -> torch.Tensor:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             if kind == "paper":
                 logits = step_model(left, right)["logits"]
@@ -74,6 +90,7 @@ def _worker(kind: str, args: dict[str, Any], queue: mp.Queue) -> None:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        return loss.detach()
 
     def sync() -> None:
         if device.type == "cuda":
@@ -85,15 +102,24 @@ def _worker(kind: str, args: dict[str, Any], queue: mp.Queue) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
+    loss = torch.zeros(())
     for _ in range(args["steps"]):
-        step()
+        loss = step()
     sync()
     elapsed = time.perf_counter() - t0
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-    queue.put({"kind": kind, "images_per_s": eyes * args["steps"] / elapsed, "peak_mb": peak_mb})
+    finite = bool(torch.isfinite(loss))  # after the timing: a finite last loss, not a speed of NaNs
+    queue.put(
+        {"kind": kind, "images_per_s": eyes * args["steps"] / elapsed, "peak_mb": peak_mb, "finite": finite}
+    )
+
+
+def measure_preset(args: dict[str, Any]) -> dict[str, Any]:
+    """Eye images per second of `args["preset"]`'s model alone (fresh process); see the module doc."""
+    return measure("preset", args)
 
 
 def measure(kind: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -118,7 +144,19 @@ def main() -> None:
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of each is kept")
+    p.add_argument("--deterministic", action="store_true", help="the trainer's train.deterministic=true")
+    p.add_argument("--preset", help="also time this config preset's model (paper, strong, demo or a YAML)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for --preset")
+    p.add_argument("--only-preset", action="store_true", help="time only the --preset model")
     args = vars(p.parse_args())
+    if args["preset"]:
+        best = max((measure_preset(args) for _ in range(args["rounds"])), key=lambda r: r["images_per_s"])
+        print(
+            f"preset {args['preset']} {' '.join(args['set'])}: {best['images_per_s']:.1f} eye images/s, "
+            f"peak {best['peak_mb']:.0f} MB, last loss {'finite' if best['finite'] else 'NOT FINITE'}"
+        )
+        if args["only_preset"]:
+            return
     print(
         f"device {args['device']}, {args['size']} px, {args['batch']} patients = "
         f"{2 * args['batch']} eye images per step, {args['steps']} timed steps after "

@@ -131,3 +131,34 @@ def test_cross_attention_runs_in_float32_under_autocast() -> None:
         out = fusion(a, b)
     assert out.dtype == torch.float32
     assert torch.allclose(out, fusion(a.float(), b.float()), atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("preset", ["paper", "strong", "demo"])
+def test_full_preset_trains_under_bf16_on_cuda(preset: str) -> None:
+    """The preset's own backbone at 224 px, bf16 autocast on CUDA, channels_last: finite losses,
+    gradients and weights over a few steps at the preset's learning rate."""
+    cfg = load_config(preset, ["model.pretrained=false"])
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    model = build_model(cfg.model, LABELS).to(device).to(memory_format=torch.channels_last).train()
+    labels = np.stack([_batch(gen, 4, 8)["labels"].numpy() for _ in range(4)]).reshape(-1, 8)
+    criterion = create_loss(cfg.loss, cfg.model.head, labels, LABELS).to(device)
+    optimizer = engine.build_optimizer(model, cfg, backbone_pretrained=False)
+    for step in range(4):
+        batch = {k: v.to(device) for k, v in _batch(gen, 8, 224).items()}
+        left, right = engine.model_inputs(model, batch, channels_last=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            outputs = model(left, right, batch["left_present"], batch["right_present"])
+        loss = engine.compute_loss(outputs, batch, criterion, cfg)
+        assert torch.isfinite(loss), (preset, step, loss)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        bad = [
+            n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()
+        ]
+        assert not bad, (preset, step, bad[:5])
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
