@@ -75,6 +75,8 @@ class Check:
         self.log = (self.work / "device_check.log").open("a", encoding="utf-8")
         self.start = time.perf_counter()
         self.rows: list[tuple[str, str, str]] = []  # step, result, seconds
+        self._bench: dict[tuple, float | None] = {}  # bench_train figures by setting
+        self._trained: set[tuple] = set()  # train runs done, by effective setting
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         src = str(ROOT / "src")
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
@@ -259,6 +261,19 @@ class Check:
         ]
         if a.smoke:
             sets += ["train.max_steps_per_epoch=3", "train.num_workers=0", "eval.bootstrap=20"]
+        # Runs that the smoke mode (or a CPU) makes identical are run once.
+        key = (
+            run.preset,
+            size,
+            batch,
+            compile_,
+            gpu_cache,
+            run.deterministic,
+            *([] if a.smoke else run.extra),
+        )
+        if key in self._trained:
+            return
+        self._trained.add(key)
         label = run.name if not a.smoke else f"{run.name} [smoke: {size}px b{batch}, eager, loader]"
         out_dir = self.work / "runs" / hashlib.sha256(label.encode()).hexdigest()[:10]
         cmd = [
@@ -451,7 +466,6 @@ def main() -> None:
     if args.smoke:
         args.epochs = min(args.epochs, 2)
     check = Check(args)
-    check._bench = {}
     try:
         check.environment()
         check.tests()
