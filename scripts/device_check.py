@@ -425,21 +425,20 @@ class Check:
 
 def hold_out_test(split_file: Path, fraction: float) -> int:
     """Move about `fraction` of the split's train patients to `test` (chosen by a hash of the patient
-    id, so the same every time): the part neither training nor calibration sees."""
+    id, so the same every time): the part neither training nor calibration sees. Returns the number
+    of test patients (with any the split already held out)."""
     with split_file.open(newline="") as f:
         reader = csv.DictReader(f)
         fields, rows = reader.fieldnames or [], list(reader)
-    moved = 0
     for row in rows:
         digest = int(hashlib.sha256(row["patient_id"].encode()).hexdigest()[:8], 16)
         if row["split"] == "train" and digest % 1000 < fraction * 1000:
             row["split"] = "test"
-            moved += 1
     with split_file.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    return moved
+    return sum(row["split"] == "test" for row in rows)
 
 
 def _text(value: bytes | str | None) -> str:

@@ -10,6 +10,11 @@
 #   scripts/device_check.sh --device cpu --smoke        # the same steps, tiny, without a GPU
 #   scripts/device_check.sh --fetch-wheels DIR          # here, with internet: the wheels the device lacks
 #
+# On a lent GPU (wheels/ and data/ are ignored, so name them in the device tool's carry, e.g.
+# carry ["wheels", "data/kaggle_224_dev"] after `cp -r ../shared/real/kaggle_224_dev data/`):
+#   scripts/device_check.sh --wheels wheels --real data/kaggle_224_dev; \
+#     cp /tmp/eyefuse-device-check/summary.txt /tmp/eyefuse-device-check/device_check.log "$OUT"/
+#
 # --wheels DIR: install the wheels in DIR (no index, no dependencies) into a private folder first:
 # the device's Python lacks openpyxl (and its et-xmlfile), which reading ODIR's .xlsx annotations
 # needs. eyefuse itself is used from src/ (PYTHONPATH), never installed with its dependencies.
