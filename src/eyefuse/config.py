@@ -21,6 +21,8 @@ import yaml
 from eyefuse.errors import ConfigError
 
 ENHANCE_CHOICES = ("graham", "clahe", "none")
+#: validation figures that may choose the best checkpoint (`train.select_metric`)
+SELECT_METRICS = ("val_macro_auroc", "val_final", "val_loss")
 
 
 @dataclass
@@ -119,7 +121,11 @@ class TrainConfig:
     ema: bool = False
     ema_decay: float = 0.999
     grad_clip: float = 1.0  #: max gradient norm (0 disables)
-    early_stop_patience: int = 10  #: epochs without a better validation ODIR final score (0 disables)
+    early_stop_patience: int = 10  #: epochs without a better `select_metric` (0 disables)
+    #: validation figure that picks the `best` checkpoint and drives early stopping:
+    #: val_macro_auroc (default: threshold-free, the least noisy on a few hundred patients),
+    #: val_final (the official ODIR final at threshold 0.5) or val_loss (lower is better)
+    select_metric: str = "val_macro_auroc"
     seed: int = 0
     num_workers: int = 2
     gpu_cache: bool = False  #: CUDA: keep the whole uint8 cache on the GPU and augment there
@@ -171,6 +177,7 @@ class Config:
         _choice("loss.name", self.loss.name, ("bce", "focal", "asl"))
         _choice("train.optimizer", self.train.optimizer, ("adamw", "sgd"))
         _choice("train.amp", self.train.amp, ("auto", "bf16", "fp16", "off"))
+        _choice("train.select_metric", self.train.select_metric, SELECT_METRICS)
         _choice("eval.threshold_method", self.eval.threshold_method, ("f1", "youden", "fixed"))
         if not 0.0 < self.data.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), not {self.data.val_fraction}")

@@ -474,6 +474,14 @@ def validation_scores(model: nn.Module, result: dict[str, Any]) -> dict[str, flo
     }
 
 
+def selection_score(scores: dict[str, float], metric: str) -> float:
+    """The figure `train.select_metric` names, signed so that higher is always better."""
+    value = float(scores[metric])
+    if math.isnan(value):
+        return -math.inf
+    return -value if metric == "val_loss" else value
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     model = getattr(model, "module", model)  # DDP
     return getattr(model, "_orig_mod", model)  # torch.compile
@@ -487,6 +495,7 @@ class FitResult:
     run_dir: Path
     best_epoch: int
     best_score: float
+    select_metric: str
     epochs_run: int
     history: list[dict[str, float]]
     stopped_early: bool
@@ -496,7 +505,8 @@ class FitResult:
         lines = [
             f"run: {self.run_dir}",
             f"epochs run: {self.epochs_run}" + (" (early stop)" if self.stopped_early else ""),
-            f"best epoch: {self.best_epoch + 1}  val ODIR final {self.best_score:.4f}",
+            f"best epoch: {self.best_epoch + 1}  {self.select_metric} "
+            f"{abs(self.best_score) if self.select_metric == 'val_loss' else self.best_score:.4f}",
         ]
         if last:
             lines.append(
@@ -515,10 +525,14 @@ def prepare_resume(run_dir: Path, overrides: Sequence[str]) -> Config:
         raise ConfigError(f"--resume {run_dir}: no config.yaml there (is it an eyefuse run folder?)")
     for item in overrides:
         key = item.split("=", 1)[0].strip()
-        if not key.startswith(("train.", "eval.")) or key in ("train.seed", "train.batch_size"):
+        if not key.startswith(("train.", "eval.")) or key in (
+            "train.seed",
+            "train.batch_size",
+            "train.select_metric",
+        ):
             raise ConfigError(
-                f"--set {item!r} cannot change a run being resumed; only train.* (except seed and "
-                "batch_size) and eval.* settings may change"
+                f"--set {item!r} cannot change a run being resumed; only train.* (except seed, "
+                "batch_size and select_metric) and eval.* settings may change"
             )
     return load_config(str(cfg_file), list(overrides))
 
@@ -655,9 +669,10 @@ def fit(
                 "train_images_per_s": img_s,
             }
             history.append(row)
-            improved = scores["val_final"] > best_score
+            score = selection_score(scores, cfg.train.select_metric)
+            improved = score > best_score
             if improved:
-                best_score, best_epoch, bad_epochs = scores["val_final"], epoch, 0
+                best_score, best_epoch, bad_epochs = score, epoch, 0
             else:
                 bad_epochs += 1
             if info.is_main:
@@ -694,7 +709,8 @@ def fit(
             if cfg.train.early_stop_patience and bad_epochs >= cfg.train.early_stop_patience:
                 stopped_early = True
                 if info.is_main:
-                    print(f"early stop: no better val ODIR final for {bad_epochs} epochs", flush=True)
+                    metric = cfg.train.select_metric
+                    print(f"early stop: no better {metric} for {bad_epochs} epochs", flush=True)
                 break
         if writer is not None:
             writer.close()
@@ -703,7 +719,9 @@ def fit(
         if info.is_main and (run_dir / "best").exists():
             calibrate_checkpoint(run_dir / "best", val_set, device, cfg)
         barrier(info)
-        return FitResult(run_dir, best_epoch, best_score, epoch + 1, history, stopped_early)
+        return FitResult(
+            run_dir, best_epoch, best_score, cfg.train.select_metric, epoch + 1, history, stopped_early
+        )
     finally:
         shutdown_distributed(info)
 
