@@ -400,7 +400,10 @@ def test_keyword_report_finds_disagreement_and_unknown_keywords(tmp_path, make_c
 
 # --- the real files' shapes: Chinese headers and keywords, an xlsx named .xls, a split column ----
 
-ZH_HEADER = ["编号", "病人年龄", "病人性别", "左眼眼底图像", "右眼眼底图像", "左眼诊断关键词", "右眼诊断关键词", *ODIR_LABELS]
+ZH_HEADER = [
+    *("编号", "病人年龄", "病人性别", "左眼眼底图像", "右眼眼底图像", "左眼诊断关键词", "右眼诊断关键词"),
+    *ODIR_LABELS,
+]
 
 
 def zh_rows() -> list[list]:
@@ -457,7 +460,8 @@ def test_table_kind_comes_from_content_not_extension(tmp_path, odir_rows):
 
 
 def test_split_column_gives_each_row_its_source(tmp_path, write_table, odir_rows):
-    rows = [dict(r, split=s) for r, s in zip(odir_rows[:3], ["train", "off-site-test", "on-site-test"], strict=True)]
+    splits = ["train", "off-site-test", "on-site-test"]
+    rows = [dict(r, split=s) for r, s in zip(odir_rows[:3], splits, strict=True)]
     path = write_table(tmp_path / "all.csv", [*ODIR_COLUMNS, "split"], rows)
     ds = load_dataset(path, check_images=False)
     assert [p.source for p in ds] == ["train", "offsite", "onsite"]
@@ -467,7 +471,9 @@ def test_split_column_gives_each_row_its_source(tmp_path, write_table, odir_rows
         load_dataset(path, check_images=False)
 
 
-def test_unknown_keyword_eye_is_masked_patient_keeps_labels_and_is_counted(tmp_path, make_challenge, odir_row):
+def test_unknown_keyword_eye_is_masked_patient_keeps_labels_and_is_counted(
+    tmp_path, make_challenge, odir_row
+):
     # Left eye unknown, right eye normal: the patient must keep the annotated O, not become N.
     rows = [odir_row(0, "purple spots", "normal fundus", "O"), odir_row(1, "drusen", "normal fundus", "O")]
     ds = load_dataset(make_challenge(tmp_path, rows))
