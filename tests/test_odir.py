@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from eyefuse import ODIR_LABELS
+from eyefuse.data.dataset import PairDataset
 from eyefuse.data.odir import CHALLENGE_XLSX, ODIR_COLUMNS, PROBLEM_IMAGES, keyword_report, load_dataset
 from eyefuse.errors import ConfigError, DataError
 
@@ -485,3 +486,7 @@ def test_unknown_keyword_eye_is_masked_patient_keeps_labels_and_is_counted(
     report = keyword_report(ds)
     assert (report.patients_with_unknown, report.eyes_with_unknown, report.checked) == (1, 1, 1)
     assert "1 with an unknown keyword (1 eyes" in str(report)
+    # What training sees: the eye's per-eye labels are masked, the patient's labels are O.
+    item = PairDataset([p], lambda path: np.zeros((8, 8, 3), np.uint8), ds.label_names, size=8)[0]
+    assert item["eye_labels_known"].tolist() == [False, True]
+    assert letters(item["labels"].numpy().astype(int)) == "O"
