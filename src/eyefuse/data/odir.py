@@ -1188,11 +1188,15 @@ class KeywordReport:
     def __str__(self) -> str:
         if not self.applicable:
             return f"keyword check: not applicable ({self.patients} patients without ODIR keywords/labels)"
+        unknown_eyes = (
+            f" ({self.eyes_with_unknown} eyes: per-eye labels unknown, patient labels as annotated)"
+            if self.eyes_with_unknown
+            else ""
+        )
         lines = [
             f"keyword check: {self.checked} of {self.patients} patients checked, "
             f"{self.agreeing} agree ({self.agreement:.1%})",
-            f"  not checked: {self.patients_with_unknown} with an unknown keyword "
-            f"({self.eyes_with_unknown} eyes, per-eye labels unknown, patient labels as annotated), "
+            f"  not checked: {self.patients_with_unknown} with an unknown keyword{unknown_eyes}, "
             f"{self.patients_without_keywords} without a deciding keyword; "
             f"non-fundus eyes: {self.non_fundus_eyes}",
         ]
