@@ -295,8 +295,7 @@ def combine_eye_logits(
     out = torch.maximum(left, right)
     if normal_index is None:
         return out
-    is_normal = torch.zeros(left.shape[-1], dtype=torch.bool, device=left.device)
-    is_normal[normal_index] = True
+    is_normal = torch.arange(left.shape[-1], device=left.device) == normal_index
     return torch.where(is_normal, torch.minimum(left, right), out)
 
 
