@@ -173,6 +173,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         max_side=args.max_side,
         mix=args.mix,
         compare_single=args.compare_single,
+        seeds=args.seeds,
         overrides=args.set,
         progress=not args.no_progress,
     )
@@ -356,6 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--compare-single", action="store_true", help="also train the no-fusion baseline and compare"
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="training seeds per model for --compare-single (default 3; the comparison averages them)",
     )
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the demo preset")
     p.add_argument("--no-progress", action="store_true")

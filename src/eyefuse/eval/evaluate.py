@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,13 @@ from eyefuse.errors import ConfigError, DataError
 
 @dataclass
 class SplitPredictions:
-    """Calibrated probabilities of one split with the truth, in the dataset's patient order."""
+    """Calibrated probabilities of one split with the truth, in the dataset's patient order.
+
+    `prob` holds the decision scores (what thresholds apply to), `rank_prob` the scores ranking
+    metrics use (the same for the sigmoid head; the softmax itself for the softmax head, see
+    `eyefuse.models.binocular.ranking_probabilities`); `raw_prob` and `raw_rank_prob` the same
+    without the checkpoint's temperatures.
+    """
 
     ids: list[str]
     truth: np.ndarray
@@ -33,6 +39,13 @@ class SplitPredictions:
     patients: list[Any]
     dataset: Any
     dropped: int
+    rank_prob: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    raw_prob: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    raw_rank_prob: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+
+    @property
+    def head(self) -> str:
+        return str(self.meta["config"]["model"]["head"])
 
 
 def _split_file(ckpt_dir: Path, meta: dict[str, Any]) -> Path:
@@ -100,7 +113,8 @@ def predict_split(
     out = evaluate(model, ds, dev, cfg)
     n_labels = len(dataset.label_names)
     temps = meta.get("temperatures")
-    prob = calibrated_probabilities(out["logits"], cfg.model.head, temps)
+    head = cfg.model.head
+    prob = calibrated_probabilities(out["logits"], head, temps)
     thr = np.asarray(meta.get("thresholds") or [0.5] * n_labels, dtype=np.float64)
     return SplitPredictions(
         ids=[p.id for p in patients],
@@ -113,7 +127,50 @@ def predict_split(
         patients=patients,
         dataset=dataset,
         dropped=len(lost),
+        rank_prob=calibrated_probabilities(out["logits"], head, temps, ranking=True),
+        raw_prob=calibrated_probabilities(out["logits"], head),
+        raw_rank_prob=calibrated_probabilities(out["logits"], head, ranking=True),
     )
+
+
+#: What each head's decision and ranking scores are, for the report.
+SCORE_SOURCES: dict[str, dict[str, str]] = {
+    "sigmoid": {
+        "decisions": "calibrated sigmoid probabilities, sigmoid(logit / T) with per-class temperatures",
+        "ranking": "the same calibrated sigmoid probabilities",
+    },
+    "softmax": {
+        "decisions": "calibrated softmax divided by its row maximum (the decision rule, not probabilities)",
+        "ranking": "calibrated softmax probabilities, softmax(logits / T)",
+    },
+}
+
+
+def official_variants(sp: SplitPredictions) -> list[dict[str, Any]]:
+    """The official ODIR score of the raw (T = 1) and of the calibrated scores of `sp`.
+
+    Temperatures change the official score: the pooled AUC ranks all labels together, so per-class
+    temperatures reorder entries across labels, and the 0.5 threshold sees other values. Neither
+    uses the fitted per-class thresholds (the official score is always at 0.5). For the softmax
+    head a third row scores the submission CSV as written: one matrix of decision scores, whose
+    pooled AUC is that of the decision scores (what the challenge's script would compute).
+    """
+    from eyefuse.eval.metrics import official_score
+
+    rows = []
+    for name, prob, rank in (
+        ("raw (no temperatures)", sp.raw_prob, sp.raw_rank_prob),
+        ("calibrated (checkpoint temperatures)", sp.prob, sp.rank_prob),
+    ):
+        rows.append({"scores": name, **official_score(sp.truth, prob, rank_prob=rank)})
+    if sp.head == "softmax":
+        rows.append(
+            {
+                "scores": "submission CSV (calibrated decision scores only)",
+                **official_score(sp.truth, sp.prob),
+            }
+        )
+    return rows
 
 
 @dataclass
@@ -164,7 +221,9 @@ def run_evaluate(
         thresholds=sp.thresholds,
         n_boot=boot,
         seed=cfg["eval"]["bootstrap_seed"],
+        rank_prob=sp.rank_prob,
     )
+    evaluation["official_variants"] = official_variants(sp)
     warnings = list(sp.meta.get("calibration_warnings") or [])
     fitted_on = (sp.meta.get("calibration_split") or {}).get("name")
     if fitted_on == split:
@@ -199,6 +258,11 @@ def run_evaluate(
         "calibration_split": fitted_on,
         "threshold_method": sp.meta.get("threshold_method"),
         "temperatures": sp.meta.get("temperatures"),
+        "scores": {
+            **SCORE_SOURCES[sp.head],
+            "official": "kappa and F1: decisions > 0.5 (not the fitted thresholds); AUC: ranking, pooled",
+            "per_label_probabilities": sp.head == "sigmoid",
+        },
         "versions": sp.meta.get("versions"),
         "git_commit": sp.meta.get("git_commit"),
         "warnings": warnings,
@@ -209,6 +273,7 @@ def run_evaluate(
         evaluation,
         truth=sp.truth,
         prob=sp.prob,
+        rank_prob=sp.rank_prob,
         context=context,
         metrics_csv=metrics_csv if metrics_csv.is_file() else None,
     )

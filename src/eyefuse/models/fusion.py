@@ -3,7 +3,8 @@
 Every fusion module takes ``(feat_left, feat_right)`` and exposes its output width as ``.out_dim``.
 The ``single`` module is the exception that proves the interface: it does not fuse, it returns both
 eyes' pooled vectors stacked as ``2 x B x C`` (``.per_eye = True``) so that the head classifies each
-eye alone and the patient takes the maximum (the ablation's no-fusion baseline).
+eye alone and the patient follows the ODIR rule: a disease when either eye has it, normal only when
+both eyes are (`eyefuse.models.binocular.combine_eye_logits`; the ablation's no-fusion baseline).
 
 All modules are symmetric in the sense that matters for training with mirror-and-swap augmentation:
 the same weights process both eyes (the order only decides which half of a concatenation is which).
@@ -140,7 +141,10 @@ FUSION_TYPES: dict[str, tuple[Callable[..., nn.Module], str]] = {
         CrossAttentionFusion,
         "each eye's feature tokens attend to the other eye's (8 heads, 256-d), pool, concatenate (D = 512)",
     ),
-    "single": (SingleEye, "no fusion: classify each eye alone, patient = maximum over eyes (baseline)"),
+    "single": (
+        SingleEye,
+        "no fusion: classify each eye alone; patient = either eye for diseases, both eyes for N (baseline)",
+    ),
 }
 
 

@@ -260,9 +260,18 @@ class Predictor:
             "head": self.head,
             "label_names": list(self.label_names),
             "thresholds": [float(x) for x in self.thresholds],
+            "decision_rule": self.decision_rule(),
             "temperatures": None if self.meta.get("temperatures") is None else self.temperatures.tolist(),
             "preprocess": dict(self.meta["preprocess"]),
         }
+
+    def decision_rule(self) -> str:
+        """Where the decided labels come from: the fitted per-class thresholds, not the official 0.5."""
+        if self.meta.get("thresholds") is None:
+            return "probability > 0.5 for every label (the checkpoint has no fitted thresholds)"
+        split = (self.meta.get("calibration_split") or {}).get("name") or "an unrecorded split"
+        method = self.meta.get("threshold_method") or "unrecorded method"
+        return f"probability > the fitted per-class thresholds ({method} on {split}), not the official 0.5"
 
     # -- preprocessing --
 
@@ -761,6 +770,7 @@ def run_predict(
         rp = Path(right) if right else None
         pairs = [(pair_id_from_files(lp, rp), lp, rp)]
     predictor = Predictor.from_checkpoint(checkpoint, device=device)
+    notes.append(f"decisions: {predictor.decision_rule()}")
     preds = predictor.predict_pairs(pairs, batch_size=batch_size, progress=progress and len(pairs) > 1)
     written = None
     if out is not None:

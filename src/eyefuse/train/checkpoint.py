@@ -5,8 +5,10 @@ A checkpoint is a folder (`RUN/best`, `RUN/last`) holding
 - `meta.json`: the resolved config, label names, preprocessing settings, thresholds and
   temperatures once fitted, split file hash, seed, versions, git commit, epoch and metrics;
 - for resumable checkpoints, `train_state.safetensors` + `train_state.json`: optimiser, scheduler,
-  EMA, grad scaler, epoch, history and RNG states. Nested Python state is stored as a JSON skeleton
-  whose tensors are replaced by references into the safetensors file.
+  EMA, grad scaler, epoch and history. Nested Python state is stored as a JSON skeleton whose
+  tensors are replaced by references into the safetensors file. No random-number-generator state is
+  saved: the training engine derives every random stream of an epoch from (seed, epoch, rank)
+  (`eyefuse.train.engine.epoch_seed`), so a resumed run recreates them from the recorded seed.
 
 A folder is written under a temporary name and swapped into place, so a kill at any moment leaves
 either the old or the new checkpoint, never a mixture (`resolve_checkpoint_dir` recovers the one

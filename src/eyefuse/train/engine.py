@@ -458,19 +458,18 @@ def evaluate(
 
 
 def validation_scores(model: nn.Module, result: dict[str, Any]) -> dict[str, float]:
-    """Official ODIR score (at 0.5, as the challenge defines it) and macro AUROC of a validation pass."""
-    from eyefuse.eval.metrics import macro_auroc, official_score
+    """Official ODIR score (at 0.5, as the challenge defines it) and macro AUROC of a validation pass,
+    scored as evaluation scores (`eyefuse.eval.calibration.scores_from_logits`)."""
+    from eyefuse.eval.calibration import scores_from_logits
 
-    prob = _unwrap(model).probabilities(torch.from_numpy(result["logits"])).numpy()
-    truth = result["labels"].astype(int)
-    official = official_score(truth, prob)
+    official = scores_from_logits(result["labels"].astype(int), result["logits"], _unwrap(model).cfg.head)
     return {
         "val_loss": result["loss"],
         "val_kappa": official["kappa"],
         "val_f1": official["f1"],
         "val_auc": official["auc"],
         "val_final": official["final"],
-        "val_macro_auroc": macro_auroc(truth, prob),
+        "val_macro_auroc": official["macro_auroc"],
     }
 
 
