@@ -15,12 +15,12 @@ import pytest
 from PIL import Image
 
 from eyefuse.config import PreprocessConfig
+from eyefuse.data.decode import _jpeg_frame_size
+from eyefuse.data.fov import _median_u8
 from eyefuse.data.preprocess import (
     FOV_MASK_FRACTION,
     FovCircle,
     PreprocessError,
-    _jpeg_frame_size,
-    _median_u8,
     _resize_down,
     decode_image,
     find_fov,
