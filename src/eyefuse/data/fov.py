@@ -197,24 +197,25 @@ def _fit_ellipse_axis_aligned(pts: np.ndarray, tol: float) -> tuple[float, float
     return fit
 
 
-def _region_matches(area: float, frame: tuple[int, int], cx: float, cy: float, a: float, b: float) -> bool:
-    """Whether a bright region of `area` pixels is what an ellipse (clipped to the frame) covers:
-    a shape that fits part of the outline but is much larger or smaller than the region is not it."""
-    hs, ws = frame
+def _region_matches(
+    region: np.ndarray, area: float, cx: float, cy: float, a: float, b: float, tol: float
+) -> bool:
+    """Whether the bright `region` (uint8 0/1, `area` pixels) is what an ellipse (clipped to the
+    frame) covers: it fills most of the ellipse, and almost none of it lies outside the ellipse
+    grown by `tol`. A shape that fits part of the outline but is much larger than the region (the
+    inscribed circle of a rectangle) or cuts through it (a circle fitted to one side of an ellipse)
+    is not the field of view."""
+    hs, ws = region.shape
     disc = np.zeros((hs, ws), np.uint8)
+    centre = (round(cx * 16), round(cy * 16))
+    cv2.ellipse(disc, centre, (round(a * 16), round(b * 16)), 0, 0, 360, 1, -1, cv2.LINE_8, 4)
+    if not 0.5 <= area / max(1, cv2.countNonZero(disc)) <= 1.1:
+        return False
+    grown = np.zeros((hs, ws), np.uint8)
     cv2.ellipse(
-        disc,
-        (round(cx * 16), round(cy * 16)),
-        (round(a * 16), round(b * 16)),
-        0,
-        0,
-        360,
-        1,
-        -1,
-        cv2.LINE_8,
-        4,
+        grown, centre, (round((a + tol) * 16), round((b + tol) * 16)), 0, 0, 360, 1, -1, cv2.LINE_8, 4
     )
-    return 0.85 <= area / max(1, cv2.countNonZero(disc)) <= 1.1
+    return cv2.countNonZero(cv2.subtract(region, grown)) <= 0.02 * area
 
 
 def _work_image(rgb: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
@@ -308,6 +309,9 @@ def find_fov(rgb: np.ndarray, *, name: str | None = None, scale: float = 1.0) ->
             f"{100 * area / (hs * ws):.1f} % of the frame)",
         )
 
+    region = np.zeros((hs, ws), np.uint8)
+    cv2.drawContours(region, [outline], -1, 1, -1)
+
     def result(cx: float, cy: float, a: float, b: float | None, method: str) -> FovCircle:
         return FovCircle(cx * f + off, cy * f + off, a * f, None if b is None else b * f, method)
 
@@ -320,18 +324,22 @@ def find_fov(rgb: np.ndarray, *, name: str | None = None, scale: float = 1.0) ->
     # The outline runs through the centres of the outermost pixels above the threshold, about a
     # quarter of a working pixel inside the half-intensity edge (measured on drawn anti-aliased discs).
     edge = 0.25
+    circle = ellipse = None
     if len(pts) >= 20:
         fit = _fit_circle_robust(pts, tol=tol, frame=(hs, ws))
         if fit is not None:
             cx, cy, r, share = fit
             # At least 40 % of the outline must lie on the circle (the rest: notch, chords, dim
-            # periphery), and the circle must account for the region's area (a rectangle has a
+            # periphery), and the circle must account for the region (a rectangle has a
             # well-fitting inscribed circle along part of its outline, but is much larger).
-            if share >= 0.4 and 0 <= cx < ws and 0 <= cy < hs and r >= 0.1 * min(hs, ws):
-                disc = np.zeros((hs, ws), np.uint8)
-                cv2.circle(disc, (round(cx * 16), round(cy * 16)), round(r * 16), 1, -1, cv2.LINE_8, 4)
-                if 0.5 <= area / max(1, cv2.countNonZero(disc)) <= 1.1:
-                    return result(cx, cy, r + edge, None, "circle")
+            if (
+                share >= 0.4
+                and 0 <= cx < ws
+                and 0 <= cy < hs
+                and r >= 0.1 * min(hs, ws)
+                and _region_matches(region, area, cx, cy, r, r, tol)
+            ):
+                circle = (cx, cy, r, share)
         ell = _fit_ellipse_axis_aligned(pts, tol)
         if ell is not None:
             cx, cy, a, b, share = ell
@@ -342,9 +350,19 @@ def find_fov(rgb: np.ndarray, *, name: str | None = None, scale: float = 1.0) ->
                 and 0.5 <= b / a <= 2.0
                 and min(a, b) >= 0.1 * min(hs, ws)
                 and max(a, b) <= 1.5 * max(hs, ws)
-                and _region_matches(area, (hs, ws), cx, cy, a, b)
+                and _region_matches(region, area, cx, cy, a, b, tol)
             ):
-                return result(cx, cy, a + edge, b + edge, "ellipse")
+                ellipse = ell
+    # The circle wins unless a clearly non-circular ellipse explains clearly more of the outline:
+    # a circle also fits one long arc of an ellipse (40 % of its outline) while lying beside it.
+    if circle is not None and (
+        ellipse is None or ellipse[4] < circle[3] + 0.15 or abs(ellipse[3] / ellipse[2] - 1.0) < 0.05
+    ):
+        cx, cy, r, _ = circle
+        return result(cx, cy, r + edge, None, "circle")
+    if ellipse is not None:
+        cx, cy, a, b, _ = ellipse
+        return result(cx, cy, a + edge, b + edge, "ellipse")
 
     x, y, bw, bh = cv2.boundingRect(outline)
     spans_x, spans_y = x <= 1 and x + bw >= ws - 1, y <= 1 and y + bh >= hs - 1
