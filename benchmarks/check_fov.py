@@ -89,8 +89,8 @@ def main() -> None:
     print(f"failure rate: {counts['failed']}/{n} = {100.0 * counts['failed'] / max(n, 1):.2f} %")
     if sizes:
         print(
-            f"largest disagreement between output sizes {sizes} and {args.size}: {worst[0]:.2f} % of the radius"
-            + (f", {worst[1]}" if worst[1] else "")
+            f"largest disagreement between output sizes {sizes} and {args.size}: "
+            f"{worst[0]:.2f} % of the radius" + (f", {worst[1]}" if worst[1] else "")
         )
     print(f"time: {1000 * seconds / max(n, 1):.1f} ms per photograph")
     for path, reason in failures:

@@ -340,7 +340,8 @@ def find_fov(rgb: np.ndarray, *, name: str | None = None, scale: float = 1.0) ->
                 and _region_matches(region, area, cx, cy, r, r, tol)
             ):
                 circle = (cx, cy, r, share)
-        ell = _fit_ellipse_axis_aligned(pts, tol)
+        # An ellipse can only win by explaining 15 % more of the outline than the circle does.
+        ell = None if circle is not None and circle[3] > 0.85 else _fit_ellipse_axis_aligned(pts, tol)
         if ell is not None:
             cx, cy, a, b, share = ell
             if (
