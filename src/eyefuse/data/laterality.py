@@ -15,7 +15,10 @@ Its accuracy on real photographs is printed by `benchmarks/check_laterality.py`.
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -98,4 +101,62 @@ def estimate_laterality(img: np.ndarray) -> Laterality:
     return Laterality(side, float(min(margin, 99.0)), float(dx), float(dy))
 
 
-__all__ = ["Laterality", "estimate_laterality"]
+def same_photograph(a: object, b: object) -> bool:
+    """Whether two eye sources (paths or bytes) are the same file: the same path, or the same bytes
+    (compared only when the sizes are equal, so two different files cost two `stat` calls)."""
+    if a is None or b is None:
+        return False
+
+    def size(x: object) -> int | None:
+        if isinstance(x, (bytes, bytearray, memoryview)):
+            return len(x)
+        try:
+            return os.stat(x).st_size  # type: ignore[arg-type]
+        except (OSError, TypeError, ValueError):
+            return None
+
+    paths = isinstance(a, (str, Path)) and isinstance(b, (str, Path))
+    if paths and os.path.abspath(a) == os.path.abspath(b):  # type: ignore[arg-type]
+        return True
+    sa, sb = size(a), size(b)
+    if sa is None or sa != sb:
+        return False
+
+    def content(x: object) -> bytes | bytearray | memoryview:
+        if isinstance(x, (bytes, bytearray, memoryview)):
+            return x  # compared in place, not copied
+        return Path(x).read_bytes()  # type: ignore[arg-type]
+
+    try:
+        return content(a) == content(b)
+    except OSError:
+        return False
+
+
+def input_warnings(
+    images: Mapping[str, np.ndarray | None],
+    *,
+    same_file: bool = False,
+    notes: Mapping[str, Sequence[str]] | None = None,
+) -> list[str]:
+    """Warnings where the input is probably wrong, in the wording predict and the service share:
+    the same photograph given for both eyes, an eye whose photograph looks like the other side
+    (`estimate_laterality`, which abstains when unsure), and decoding notes (corrupt JPEG data)."""
+    out: list[str] = []
+    if same_file:
+        out.append("the same photograph was given for both eyes; check that each eye has its own file")
+    for side, img in images.items():
+        for note in (notes or {}).get(side, ()):
+            out.append(f"{side} eye: {note}")
+        if img is None or same_file:  # with one photograph for both, one side is wrong anyway
+            continue
+        est = estimate_laterality(img)
+        if est.side not in ("unknown", side):
+            out.append(
+                f"{side} eye: the photograph looks like a {est.side} eye (optic disc on the {est.side} "
+                "of the image); check that the eyes are not swapped"
+            )
+    return out
+
+
+__all__ = ["Laterality", "estimate_laterality", "input_warnings", "same_photograph"]
