@@ -3,16 +3,19 @@
 `preprocess_image` is called by `eyefuse preprocess`, by the preprocessing cache (training), by
 predict and by the web service, so training and inference see exactly the same pixels:
 
-1. decode (`decode_image`): a large JPEG is decoded at 1/2, 1/4 or 1/8 scale directly from its DCT
-   coefficients, which skips most of the inverse DCT, colour conversion and memory traffic (the
-   entropy decoding remains) and loses nothing once the image is shrunk to the input size anyway;
-2. find the field of view (`find_fov`): the bright circle of the retina on the dark border, fitted
-   robustly (RANSAC + least squares) to the edge of the largest bright region at a small working
-   resolution, ignoring the frame edges where the circle is cut off;
-3. crop the circle's bounding square (+ `margin`), padding with black where the square leaves the
+1. decode (`eyefuse.data.decode.decode_image`): a large JPEG is decoded at 1/2, 1/4 or 1/8 scale
+   directly from its DCT coefficients, which skips most of the inverse DCT, colour conversion and
+   memory traffic (the entropy decoding remains) and loses nothing once the image is shrunk to the
+   input size anyway; other formats are box-averaged by the same factor right after decoding;
+2. find the field of view (`eyefuse.data.fov.find_fov`) on block means of the source whose size
+   depends on the source only, so the same photograph gets the same field of view at every output
+   size: the bright circle of the retina on the dark border, fitted robustly (RANSAC + least
+   squares) to the edge of the largest bright region, ignoring the frame edges where the circle is
+   cut off; when no circle fits, an ellipse, a fundus cropped by the frame, or the region's extent;
+3. crop the field of view's bounding box (+ `margin`), padding with black where it leaves the
    frame, and resize to `size` (anti-aliased when shrinking: `_resize_down`);
 4. enhance (`graham` local contrast, `clahe` on the L channel of Lab, or `none`);
-5. black out everything outside the circle (`mask`).
+5. black out everything outside the field of view (`mask`).
 
 Decisions where the task left room (documented here once):
 
@@ -22,8 +25,16 @@ Decisions where the task left room (documented here once):
 - A JPEG without the end-of-image marker (FFD9) in its last 4 KiB is refused as truncated: libjpeg
   would silently fill the missing rows with grey. Other formats are decoded by Pillow in strict
   mode, which raises on truncation.
-- Images over `MAX_PIXELS` (by header size, before decoding) are refused as decompression bombs;
-  images under `MIN_SIDE` pixels are refused as too small to hold a field of view.
+- Images over `MAX_PIXELS` (25 MP, by header size, before decoding; the largest fundus cameras
+  have about 24 MP) are refused, which bounds one decode's memory; images under `MIN_SIDE` pixels
+  are refused as too small to hold a field of view. libjpeg's "Corrupt JPEG data" warnings are
+  captured, not printed, and returned in `notes` (predict and the service show them as warnings).
+- An ellipse (`FovCircle.radius_y`: a circle whose photograph was resized to another aspect ratio,
+  as in Kaggle's 512 x 512 copies) is mapped to the square input by stretching its bounding box to
+  the square: it becomes a circle again, which undoes the resize, and is masked as one. A
+  photograph cropped to the fundus (method ``cropped``) or known only by its bright region's extent
+  (``extent``) gets the ellipse inscribed in that box as its field of view and mask: the corners
+  of a cut fundus are dropped rather than risk keeping border or labels.
 - 16-bit images are scaled by their full 16-bit range (high byte), never by their content, so that
   the result does not depend on the picture; 32-bit float images are refused. Alpha is dropped
   (not composited); palette images are expanded; multi-frame files use their first frame.
@@ -363,9 +374,10 @@ def preprocess_files(
 ) -> PreprocessSummary:
     """Preprocess photographs to `OUT/<stem>.png` (see `output_names` for equal stems).
 
-    Also writes `OUT/fov.csv` (`path,cx,cy,radius,output`: the circle in source pixels and the PNG
-    written) and `OUT/failed.csv` (`path,reason`; header only when nothing failed, so a stale list
-    from an earlier run is never left behind). A path given twice is processed once and reported.
+    Also writes `OUT/fov.csv` (`path,cx,cy,radius,output,radius_y,method`: the field of view in
+    source pixels, the PNG written, the vertical semi-axis and how it was found) and
+    `OUT/failed.csv` (`path,reason`; header only when nothing failed, so a stale list from an
+    earlier run is never left behind). A path given twice is processed once and reported.
     """
     check_config(cfg)
     out_dir = Path(out_dir)
@@ -383,7 +395,7 @@ def preprocess_files(
         out_dir=out_dir, total=len(unique), duplicates=duplicates, size=cfg.size, enhance=cfg.enhance
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[tuple[str, str, str, str, str]] = []
+    rows: list[tuple[str, ...]] = []
     for path, out_name in zip(unique, output_names(unique), strict=True):
         try:
             img, fov = preprocess_image(path, cfg)
@@ -394,11 +406,21 @@ def preprocess_files(
         if not ok:  # pragma: no cover - PNG encoding of a uint8 image does not fail
             raise RuntimeError(f"could not encode {out_name} as PNG")
         atomic_write_bytes(out_dir / out_name, buf.tobytes())
-        rows.append((str(path), f"{fov.cx:.2f}", f"{fov.cy:.2f}", f"{fov.radius:.2f}", out_name))
+        rows.append(
+            (
+                str(path),
+                f"{fov.cx:.2f}",
+                f"{fov.cy:.2f}",
+                f"{fov.radius:.2f}",
+                out_name,
+                f"{fov.ry:.2f}",
+                fov.method,
+            )
+        )
         summary.written += 1
     with atomic_open(out_dir / "fov.csv", "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "cx", "cy", "radius", "output"])
+        writer.writerow(["path", "cx", "cy", "radius", "output", "radius_y", "method"])
         writer.writerows(rows)
     with atomic_open(out_dir / "failed.csv", "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
