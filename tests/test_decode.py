@@ -17,7 +17,7 @@ from PIL import Image
 from eyefuse.config import PreprocessConfig
 from eyefuse.data import decode
 from eyefuse.data.decode import MAX_PIXELS, decode_image
-from eyefuse.data.preprocess import PreprocessError, preprocess_image
+from eyefuse.data.preprocess import PreprocessError, preprocess_files, preprocess_image
 from test_preprocess import draw_fundus, jpeg_bytes
 
 # Runs in a fresh interpreter: the peak resident memory (ru_maxrss) of preprocessing one file,
@@ -110,3 +110,14 @@ def test_over_the_pixel_limit_is_refused_by_header() -> None:
         assert e.reason.startswith("image too large") and "limit is 25" in e.reason
     else:
         raise AssertionError("not refused")
+
+
+def test_preprocess_command_counts_corrupt_jpegs(tmp_path: Path, capfd) -> None:
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(corrupt_jpeg())
+    good = tmp_path / "good.jpg"
+    good.write_bytes(jpeg_bytes(draw_fundus(320, 240, 160, 120, 110)))
+    summary = preprocess_files([bad, good], tmp_path / "out", PreprocessConfig(size=64))
+    assert summary.written == 2 and [p for p, _ in summary.notes] == [str(bad)]
+    assert "1 written with a warning" in str(summary) and "corrupt JPEG data" in str(summary)
+    assert "Corrupt JPEG" not in capfd.readouterr().err

@@ -238,7 +238,11 @@ def _capture_stderr() -> Iterator[list[str]]:
     with _STDERR_LOCK, tempfile.TemporaryFile() as tmp:
         with contextlib.suppress(Exception):  # Python's own buffered stderr first, in order
             sys.stderr.flush()
-        saved = os.dup(2)
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 (a detached process): nothing can leak, nothing to capture
+            yield found
+            return
         try:
             os.dup2(tmp.fileno(), 2)
             yield found

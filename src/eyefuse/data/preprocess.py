@@ -333,6 +333,8 @@ class PreprocessSummary:
     written: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
+    #: `(path, note)` for photographs written despite a problem (corrupt JPEG data).
+    notes: list[tuple[str, str]] = field(default_factory=list)
     size: int = 0
     enhance: str = ""
 
@@ -344,6 +346,11 @@ class PreprocessSummary:
         if self.duplicates:
             shown = ", ".join(self.duplicates[:5])
             lines.append(f"{len(self.duplicates)} duplicate input path(s) processed once: {shown}")
+        if self.notes:
+            lines.append(f"{len(self.notes)} written with a warning:")
+            lines += [f"  {path}: {note}" for path, note in self.notes[:10]]
+            if len(self.notes) > 10:
+                lines.append(f"  ... and {len(self.notes) - 10} more")
         if self.failed:
             lines.append(f"{len(self.failed)} failed (all listed in failed.csv):")
             lines += [f"  {path}: {reason}" for path, reason in self.failed[:10]]
@@ -397,11 +404,13 @@ def preprocess_files(
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, ...]] = []
     for path, out_name in zip(unique, output_names(unique), strict=True):
+        notes: list[str] = []
         try:
-            img, fov = preprocess_image(path, cfg)
+            img, fov = preprocess_image(path, cfg, notes=notes)
         except PreprocessError as e:
             summary.failed.append((str(path), e.reason))
             continue
+        summary.notes += [(str(path), note) for note in notes]
         ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
         if not ok:  # pragma: no cover - PNG encoding of a uint8 image does not fail
             raise RuntimeError(f"could not encode {out_name} as PNG")
