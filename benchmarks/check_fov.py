@@ -62,6 +62,7 @@ def main() -> None:
     counts: collections.Counter[str] = collections.Counter()
     failures: list[tuple[Path, str]] = []
     worst = (0.0, "")
+    over_1 = 0  # photographs whose field of view moves by more than 1 % of the radius between sizes
     start = time.perf_counter()
     for path in paths:
         try:
@@ -71,6 +72,7 @@ def main() -> None:
             failures.append((path, e.reason))
             continue
         counts[fov.method] += 1
+        largest = 0.0
         for s in sizes:
             try:
                 other = fov_of(path, s)
@@ -78,8 +80,10 @@ def main() -> None:
                 failures.append((path, f"found at size {args.size} but not at size {s}: {e.reason}"))
                 continue
             d = disagreement(fov, other)
+            largest = max(largest, d)
             if d > worst[0]:
                 worst = (d, f"{path.name} ({args.size} vs {s}: {fov.method} vs {other.method})")
+        over_1 += largest > 1.0
     seconds = time.perf_counter() - start
     n = len(paths)
     print(f"{n} photographs in {', '.join(args.paths)} (decoded for output size {args.size})")
@@ -92,6 +96,7 @@ def main() -> None:
             f"largest disagreement between output sizes {sizes} and {args.size}: "
             f"{worst[0]:.2f} % of the radius" + (f", {worst[1]}" if worst[1] else "")
         )
+        print(f"photographs whose field of view differs by over 1 % of the radius between sizes: {over_1}")
     print(f"time: {1000 * seconds / max(n, 1):.1f} ms per photograph")
     for path, reason in failures:
         print(f"FAILED {path}: {reason}")
