@@ -50,8 +50,9 @@ def test_peak_memory_of_the_worst_allowed_upload_is_bounded(tmp_path: Path) -> N
         [sys.executable, "-c", _MEASURE, str(path)], capture_output=True, text=True, check=True
     )
     peak_mb, *_ = run.stdout.split()
-    # Pillow holds the decoded image once (4 bytes a pixel) before it is reduced: 100 MB at 25 MP.
-    # Before the limit was set from real cameras, a 100 MP upload was allowed and took 1.7 GB.
+    # Pillow holds the decoded image once (4 bytes a pixel) before it is reduced, and nothing else
+    # full-size is kept. Under the former 100 MP limit the worst upload was four times larger, and
+    # its full-size copies (Pillow's, the RGB conversion's, numpy's) were all alive at once.
     assert float(peak_mb) < 250, run.stdout
     assert "(448, 448, 3)" in run.stdout
 

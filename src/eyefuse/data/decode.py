@@ -32,7 +32,7 @@ from eyefuse.errors import EyefuseError
 
 #: Largest image accepted, in pixels (by header size, before decoding). The largest fundus cameras
 #: have about 24 megapixels (6000 x 4000 sensors); 25 MP leaves room for their sizes and bounds the
-#: memory of one decode: a PNG at the limit is held once by Pillow (4 bytes a pixel, 100 MB) and
+#: memory of one decode: a PNG at the limit is held once by Pillow (4 bytes a pixel) and
 #: reduced before it is copied (`test_peak_memory_of_the_worst_allowed_upload_is_bounded`).
 MAX_PIXELS = 25_000_000
 #: Smallest accepted image side, in pixels.
