@@ -109,3 +109,10 @@ def test_same_field_of_view_at_every_output_size() -> None:
             for a, b in ((f.cx, fovs[0].cx), (f.cy, fovs[0].cy), (f.radius, fovs[0].radius)):
                 assert abs(a - b) <= 0.002 * 585, fovs
     assert abs(fovs[0].cx - 790) < 0.01 * 585 and abs(fovs[0].radius - 585) < 0.01 * 585
+
+
+def test_small_source_gets_exactly_the_same_field_of_view_at_every_size() -> None:
+    # A Kaggle-sized copy (512 px): decoded fully whatever the output size, so nothing can differ.
+    data = jpeg_bytes(squash(draw_fundus(300, 300, 150, 150, 140), 512, 470), quality=90)
+    fovs = {preprocess_image(data, PreprocessConfig(size=s, enhance="none"))[1] for s in (32, 64, 160, 448)}
+    assert len(fovs) == 1, fovs

@@ -75,7 +75,12 @@ def work_block(width: int, height: int) -> int:
 
 
 def _max_reduction(width: int, height: int) -> int:
-    """The largest DCT reduction (1, 2, 4, 8) that divides the working block of this source."""
+    """The largest DCT reduction (1, 2, 4, 8) that divides the working block of this source; 1 for
+    a source of at most 4 x `WORK_SIDE` px, which is decoded fully at every output size (cheap at
+    that size), so its field of view is exactly the same at every output size (a DCT-reduced decode
+    and the block means of a full decode differ by rounding, which can tip a borderline fit)."""
+    if max(width, height) <= 4 * WORK_SIDE:
+        return 1
     b = work_block(width, height)
     return max(r for r in (1, 2, 4, 8) if b % r == 0)
 
