@@ -255,11 +255,14 @@ def find_fov(rgb: np.ndarray, *, name: str | None = None, scale: float = 1.0) ->
     photograph is painted black first. Then, on the largest bright region, in this order:
 
     1. ``circle``: a circle fitted (RANSAC + least squares) to its outline, leaving out the points
-       on the frame edges, where the circle is cut off; at least 40 % of the outline on the circle
-       and the region's area that of the circle within the frame.
+       on the frame edges, where the circle is cut off; at least 40 % of the outline on the circle,
+       the region's area that of the circle within the frame, and almost none of the region
+       outside it (`_region_matches`).
     2. ``ellipse``: an axis-aligned ellipse fitted to the same points (a circle whose photograph
        was resized to another aspect ratio, as in Kaggle's 512 x 512 copies of non-square crops);
-       at least 60 % of the outline on it and the area matching.
+       at least 60 % of the outline on it and the region matching. It replaces a circle that passed
+       only when it is clearly not round (axes differing by 5 % or more) and holds at least 15 %
+       more of the outline (a circle also fits one long arc of an ellipse).
     3. ``cropped``: the region reaches the frame on all four sides (a photograph cropped to the
        fundus and then cut or distorted): the ellipse inscribed in the frame.
     4. ``extent``: a compact region (it fills 60-92 % of its bounding box, as a disc fills 79 %)
