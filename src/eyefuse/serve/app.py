@@ -353,10 +353,12 @@ class Service:
 
     def prepare(self, patient_id: str, uploads: Mapping[str, Upload | None]) -> PreparedPair:
         """Preprocess the uploaded eyes; an unusable upload is a `RequestError` with its status."""
+        from eyefuse.data.laterality import input_warnings, same_photograph
         from eyefuse.data.preprocess import PreprocessError, preprocess_image
 
         images: dict[str, np.ndarray | None] = {}
         fovs: dict[str, Any] = {}
+        notes: dict[str, list[str]] = {side: [] for side in SIDES}
         for side in SIDES:
             upload = uploads.get(side)
             images[side], fovs[side] = None, None
@@ -366,7 +368,7 @@ class Service:
             where = f"form field {side!r}{named}"
             try:
                 images[side], fovs[side] = preprocess_image(
-                    bytes(upload.data), self.predictor.preprocess, name=where
+                    bytes(upload.data), self.predictor.preprocess, name=where, notes=notes[side]
                 )
             except PreprocessError as e:
                 raise RequestError(status_for_reason(e.reason), f"{where}: {e.reason}") from None
@@ -376,6 +378,9 @@ class Service:
             f"{side} eye: no image given; predicted from the {'right' if side == 'left' else 'left'} eye only"
             for side in missing
         ]
+        left, right = (uploads.get(side) for side in SIDES)
+        same = same_photograph(*(None if u is None else u.data for u in (left, right)))
+        warnings += input_warnings(images, same_file=same, notes=notes)
         return PreparedPair(patient_id, images, fovs, warnings)
 
     def predict(self, patient_id: str, uploads: Mapping[str, Upload | None]) -> dict[str, Any]:

@@ -277,11 +277,13 @@ class Predictor:
 
     def prepare_pair(self, patient_id: str, left: EyeSource, right: EyeSource) -> PreparedPair:
         """Preprocess both eyes of a patient; an unusable eye becomes absent with a warning."""
+        from eyefuse.data.laterality import input_warnings, same_photograph
         from eyefuse.data.preprocess import PreprocessError, preprocess_image
 
         images: dict[str, np.ndarray | None] = {}
         fovs: dict[str, Any] = {}
         problems: dict[str, str] = {}
+        notes: dict[str, list[str]] = {side: [] for side in SIDES}
         for side, source in zip(SIDES, (left, right), strict=True):
             images[side], fovs[side] = None, None
             if source is None:
@@ -295,7 +297,9 @@ class Predictor:
                 else f"patient {patient_id} {side} eye {_describe_source(source)}"
             )
             try:
-                images[side], fovs[side] = preprocess_image(source, self.preprocess, name=name)
+                images[side], fovs[side] = preprocess_image(
+                    source, self.preprocess, name=name, notes=notes[side]
+                )
             except PreprocessError as e:
                 problems[side] = f"{side} eye unusable: {e}"
         if len(problems) == 2:
@@ -306,6 +310,7 @@ class Predictor:
             f"{msg}; predicted from the {'right' if side == 'left' else 'left'} eye only"
             for side, msg in problems.items()
         ]
+        warnings += input_warnings(images, same_file=same_photograph(left, right), notes=notes)
         return PreparedPair(patient_id, images, fovs, warnings)
 
     # -- model --
