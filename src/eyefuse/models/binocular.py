@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from eyefuse import ODIR_LABELS
-from eyefuse.config import ModelConfig
+from eyefuse.config import HEAD_CHOICES, ModelConfig
 from eyefuse.errors import ConfigError
 from eyefuse.models.attention import ATTENTION_TYPES, recording_allowed, spatial_gates
 from eyefuse.models.backbone import (
@@ -27,10 +27,7 @@ from eyefuse.models.backbone import (
 )
 from eyefuse.models.fusion import FUSION_TYPES, create_fusion, global_pool
 
-HEADS: dict[str, str] = {
-    "sigmoid": "independent per-label probabilities (multi-label; BCE, focal or ASL loss)",
-    "softmax": "the paper's softmax over the labels; probabilities = softmax / its row maximum",
-}
+HEADS: dict[str, str] = HEAD_CHOICES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
