@@ -38,7 +38,10 @@ class _Formatter(argparse.HelpFormatter):
         text = action.help or ""
         if (
             "default" in text
-            or action.default in (None, argparse.SUPPRESS, False, [])
+            or action.default is None
+            or action.default is False
+            or action.default == argparse.SUPPRESS
+            or action.default == []
             or not action.option_strings
         ):
             return text

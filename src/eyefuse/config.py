@@ -279,9 +279,9 @@ def _range(
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high or value != value:  # value != value: NaN
-        lo = "" if low is None else f"{'>' if low_open else '>='} {low:g}"
-        hi = "" if high is None else f"{'<' if high_open else '<='} {high:g}"
-        raise ConfigError(f"{key} must be {' and '.join(x for x in (lo, hi) if x)}, not {value:g}")
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
+        raise ConfigError(f"{key} must be {' and '.join(x for x in (lo, hi) if x)}, not {value}")
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
