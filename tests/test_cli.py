@@ -326,3 +326,25 @@ def test_dir_takes_every_format_left_takes(tmp_path: Path) -> None:
     draw_eye(tmp_path / "4_left.JPG")
     inputs = pairs_from_dir(tmp_path)
     assert [p[0] for p in inputs] == ["3", "4"] and not inputs.ignored
+
+
+def test_evaluate_defaults_to_a_split_the_dataset_has() -> None:
+    from eyefuse.eval.evaluate import default_split
+
+    assert build_parser().parse_args(["evaluate", "--run", "r", "--out", "o"]).split is None
+    assert default_split({"train": 1, "val": 1, "offsite": 1, "onsite": 1}) == "offsite"  # official test
+    assert default_split({"train": 1, "val": 1, "test": 1}) == "test"  # made by `eyefuse split`
+    assert default_split({"train": 1, "val": 1}) is None  # then the command asks for --split
+
+
+def test_calibration_warnings_are_printed_after_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from eyefuse.cli import _print_calibration
+
+    (tmp_path / "best").mkdir()
+    meta = {"thresholds": [0.5] * 8, "calibration_warnings": ["class G: no positive patient in validation"]}
+    (tmp_path / "best" / "meta.json").write_text(json.dumps(meta))
+    _print_calibration(tmp_path)
+    out = capsys.readouterr().out
+    assert "calibration warning: class G: no positive patient in validation" in out
