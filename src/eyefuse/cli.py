@@ -57,7 +57,7 @@ def _must_exist(path: str | os.PathLike[str] | None, option: str, kind: str = "a
         return
     p = Path(path)
     if not p.exists():
-        raise ConfigError(f"{option} {p}: no such file or folder")
+        raise ConfigError(f"{option} {p} does not exist")
     if kind == "file" and not p.is_file():
         raise ConfigError(f"{option} {p}: not a file")
     if kind == "dir" and not p.is_dir():

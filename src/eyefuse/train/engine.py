@@ -771,6 +771,7 @@ def calibrate_checkpoint(path: Path, val_set: Dataset, device: torch.device, cfg
     weights, and store them (with the split they were fitted on) in its metadata."""
     from eyefuse.eval.calibration import fit_calibration
 
+    print(f"calibration: fitting thresholds and temperatures on {len(val_set)} validation patients")
     model = load_model(path, device=device)
     result = evaluate(model, val_set, device, cfg)
     calib = fit_calibration(
