@@ -54,13 +54,15 @@ def eye_problem(patient: Patient, side: str, failed: Mapping[str, str] | None = 
     """Why `side` of `patient` cannot be used (missing, not a fundus photograph, a known problem
     image, failed preprocessing), or None when it can. `failed` maps image paths to the reason
     preprocessing gave (what `prepare_images` / `prepared_loader` found)."""
-    path = patient.left if side == "left" else patient.right
+    path = patient.eye_path(side)
     if path is None:
-        return "no photograph"
-    if not (patient.left_fundus if side == "left" else patient.right_fundus):
-        return "not a fundus photograph"
-    if patient.left_excluded if side == "left" else patient.right_excluded:
-        return "known problem image (excluded)"
+        if getattr(patient, side, None) is None:
+            return "no photograph"
+        if not getattr(patient, f"{side}_fundus", True):
+            return "not a fundus photograph"
+        if getattr(patient, f"{side}_excluded", False):
+            return "known problem image (excluded)"
+        return "no usable photograph"
     reason = (failed or {}).get(str(path))
     if reason is not None:
         return f"failed preprocessing: {reason}"
