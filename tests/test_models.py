@@ -575,5 +575,6 @@ def test_describe_models_lists_every_choice() -> None:
     text = describe_models()
     for name in [*ATTENTION_TYPES, *FUSION_TYPES, *HEADS, "last", "all", "resnet50"]:
         assert f"  {name} " in text, name
-    assert f"{len(timm.list_models())} timm models" in text
+    # timm's own names are left to timm: counting them would import torch for `eyefuse models`
+    assert "timm.list_models('resnet*')" in text
     assert "Presets" in text

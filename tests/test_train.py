@@ -137,6 +137,19 @@ def test_resume_after_kill_matches_uninterrupted_run(synth_data: Path, tmp_path:
     resumed_rows = [r.split(",")[:8] for r in (tmp_path / "killed" / "metrics.csv").read_text().splitlines()]
     assert full_rows == resumed_rows
 
+    # killed in its first epoch, before any checkpoint: --resume starts again from step 0 with the
+    # saved config and split, and ends with the same weights
+    env["EYEFUSE_FAULT_KILL_AT_STEP"] = "2"
+    killed1 = _train([*common, "--out", str(tmp_path / "killed1")], env)
+    assert killed1.returncode == -9, killed1.stderr[-3000:]
+    assert not (tmp_path / "killed1" / "last").exists() and (tmp_path / "killed1" / "config.yaml").is_file()
+    resumed1 = _train(["--resume", str(tmp_path / "killed1")])
+    assert resumed1.returncode == 0, resumed1.stderr[-3000:]
+    assert "no checkpoint yet" in resumed1.stdout
+    c = load_file(str(tmp_path / "killed1" / "last" / "model.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], c[k]), k
+
     # extend the finished run by one epoch
     extended = _train(["--resume", str(tmp_path / "full"), "--set", "train.epochs=4"])
     assert extended.returncode == 0, extended.stderr[-3000:]

@@ -17,6 +17,7 @@ import io
 import math
 import os
 import re
+import stat
 import sys
 import tempfile
 import threading
@@ -96,11 +97,27 @@ def _label(source: object, name: str | None) -> str:
     return str(source)
 
 
+#: Largest photograph file read (bytes): a fundus photograph is a few MB; a larger file, or one that
+#: is not a regular file (/dev/zero, a pipe), is refused before it is read.
+MAX_FILE_BYTES = 256 * 2**20
+
+
 def _read_bytes(source: Path | str | bytes, label: str) -> bytes:
     if isinstance(source, (bytes, bytearray, memoryview)):
         return bytes(source)
     path = Path(source)
     try:
+        # stat first: reading /dev/zero, a FIFO or a huge file would never end or fill the memory.
+        st = path.stat()
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(st.st_mode):
+            raise PreprocessError(label, "not a regular file (a device, pipe or socket)")
+        if st.st_size > MAX_FILE_BYTES:
+            raise PreprocessError(
+                label,
+                f"file too large ({st.st_size >> 20} MiB; the limit is {MAX_FILE_BYTES >> 20} MiB)",
+            )
         return path.read_bytes()
     except FileNotFoundError:
         raise PreprocessError(label, "file not found") from None

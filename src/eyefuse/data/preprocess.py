@@ -61,6 +61,7 @@ import numpy as np
 from eyefuse.config import PreprocessConfig
 from eyefuse.data.decode import (
     _SOURCE_LABEL_ARRAY,
+    MAX_FILE_BYTES,
     MAX_PIXELS,
     MIN_SIDE,
     WORK_SIDE,
@@ -73,6 +74,11 @@ from eyefuse.data.decode import (
 from eyefuse.data.fov import FOV_MASK_FRACTION, FOV_METHODS, FovCircle, find_fov
 from eyefuse.errors import ConfigError
 from eyefuse.utils.io import atomic_open, atomic_write_bytes
+
+#: Headers of the lists `preprocess_files` writes beside its PNGs (the CLI recognises its own
+#: earlier lists by them).
+FOV_CSV_HEADER = ("path", "cx", "cy", "radius", "output", "radius_y", "method")
+FAILED_CSV_HEADER = ("path", "reason")
 
 # --- crop, resize, enhance, mask ----------------------------------------------------------------
 
@@ -429,11 +435,11 @@ def preprocess_files(
         summary.written += 1
     with atomic_open(out_dir / "fov.csv", "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "cx", "cy", "radius", "output", "radius_y", "method"])
+        writer.writerow(FOV_CSV_HEADER)
         writer.writerows(rows)
     with atomic_open(out_dir / "failed.csv", "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "reason"])
+        writer.writerow(FAILED_CSV_HEADER)
         writer.writerows(summary.failed)
     return summary
 
@@ -441,6 +447,7 @@ def preprocess_files(
 __all__ = [
     "FOV_MASK_FRACTION",
     "FOV_METHODS",
+    "MAX_FILE_BYTES",
     "MAX_PIXELS",
     "MIN_SIDE",
     "WORK_SIDE",

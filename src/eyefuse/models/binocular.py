@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from eyefuse import ODIR_LABELS
-from eyefuse.config import ModelConfig
+from eyefuse.config import HEAD_CHOICES, ModelConfig
 from eyefuse.errors import ConfigError
 from eyefuse.models.attention import ATTENTION_TYPES, recording_allowed, spatial_gates
 from eyefuse.models.backbone import (
@@ -27,11 +27,7 @@ from eyefuse.models.backbone import (
 )
 from eyefuse.models.fusion import FUSION_TYPES, create_fusion, global_pool
 
-HEADS: dict[str, str] = {
-    "sigmoid": "independent per-label probabilities (multi-label; BCE, focal or ASL loss)",
-    "softmax": "the paper's softmax over the labels; decisions on softmax / its row maximum, "
-    "rankings (AUROC) on the softmax",
-}
+HEADS: dict[str, str] = HEAD_CHOICES
 
 #: The label that means "nothing found": under the ODIR rule a patient has it only when both eyes do.
 NORMAL_LABEL = "N"

@@ -16,6 +16,7 @@ import hashlib
 import io
 import math
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator, Sequence
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from eyefuse.config import Config, config_from_dict, load_config, save_config
+from eyefuse.config import Config, config_from_dict, resume_config, save_config
 from eyefuse.errors import ConfigError, EyefuseError
 from eyefuse.train import checkpoint as ckpt
 from eyefuse.train.distributed import (
@@ -41,7 +42,7 @@ from eyefuse.train.distributed import (
     shard_indices,
     shutdown_distributed,
 )
-from eyefuse.utils.io import atomic_write_text, sha256_file
+from eyefuse.utils.io import atomic_write_text, sha256_file, writable_dir_problem
 
 METRIC_COLUMNS = (
     "epoch",
@@ -132,7 +133,8 @@ def prepared_loader(
 ) -> CachedLoader:
     """Preprocess (once, into the cache; rank 0 only) every usable eye of `patients` with the run's
     preprocessing settings, and return the loader that reads them back. Used by training and by
-    evaluation, so both read the same cache the same way."""
+    evaluation, so both read the same cache the same way. `loader.failed` names the eyes that
+    failed (path -> reason), so callers can set aside patients left without a usable eye."""
     from eyefuse.data.cache import PreprocessCache, prepare_images
     from eyefuse.data.prepare import default_cache_dir
 
@@ -140,6 +142,12 @@ def prepared_loader(
     paths = sorted({str(p.eye_path(s)) for p in patients for s in ("left", "right") if p.eye_path(s)})
     failed: dict[str, str] = {}
     if info.is_main:
+        problem = writable_dir_problem(cache_dir)
+        if problem:
+            raise ConfigError(
+                f"cannot write the preprocessing cache {cache_dir} ({problem}): choose a writable "
+                "folder with --cache-dir DIR (prepare) or --set data.cache_dir=DIR (train, evaluate)"
+            )
         result = prepare_images([Path(p) for p in paths], cfg.preprocess, cache_dir, progress=progress)
         failed = {str(path): reason for path, reason in result.failed}
     failed = broadcast_object(failed, info)
@@ -157,20 +165,26 @@ class RunData:
     split_hash: str
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
     failed_images: int = 0
+    set_aside: list[tuple[Any, str, str]] = field(default_factory=list)  # (patient, split, reason)
+    set_aside_file: Path | None = None
 
     def summary(self) -> str:
+        from eyefuse.data.dataset import describe_set_aside
+
         parts = [f"{name} {len(p)}" for name, p in self.splits.items()]
         text = "patients: " + ", ".join(parts)
         if self.failed_images:
             text += f"; {self.failed_images} images failed preprocessing (that eye is treated as missing)"
-        for reason, n in self.dropped.items():
-            text += f"; dropped {n} patients ({reason})"
+        if self.set_aside:
+            text += "\n" + describe_set_aside(self.set_aside, self.set_aside_file or "set_aside.csv")
         return text
 
 
 def load_run_data(cfg: Config, run_dir: Path, info: DistInfo, progress: bool) -> RunData:
-    """Load the dataset, make or read the split (saved in the run folder), prepare the cache."""
-    from eyefuse.data.dataset import usable_patients
+    """Load the dataset, make or read the split (saved in the run folder), prepare the cache, and
+    set aside (count, list in `set_aside.csv`) every patient of every split whose eyes are all
+    missing, excluded or failed preprocessing, before any epoch starts."""
+    from eyefuse.data.dataset import set_aside_reasons, usable_patients, write_set_aside
     from eyefuse.data.odir import load_dataset
     from eyefuse.data.splits import apply_split, split_dataset
 
@@ -194,17 +208,21 @@ def load_run_data(cfg: Config, run_dir: Path, info: DistInfo, progress: bool) ->
         )
     barrier(info)
     splits = apply_split(dataset, run_split)
+    loader = prepared_loader(cfg, cfg.data.root, [p for ps in splits.values() for p in ps], progress, info)
     dropped: dict[str, int] = {}
+    set_aside: list[tuple[Any, str, str]] = []
     for name in list(splits):
-        kept, lost = usable_patients(splits[name])
+        kept, lost = usable_patients(splits[name], loader.failed)
         splits[name] = kept
+        set_aside += [(p, name, set_aside_reasons(p, loader.failed)) for p in lost]
         if lost:
             dropped[f"no usable eye in {name}"] = len(lost)
+    set_aside_file = run_dir / "set_aside.csv"
+    if info.is_main:
+        write_set_aside(set_aside_file, set_aside)
     for required in ("train", "val"):
         if not splits.get(required):
-            raise EyefuseError(f"split {run_split} has no {required!r} patients")
-
-    loader = prepared_loader(cfg, cfg.data.root, [p for ps in splits.values() for p in ps], progress, info)
+            raise EyefuseError(f"split {run_split} has no {required!r} patients with a usable eye")
     return RunData(
         label_names=tuple(dataset.label_names),
         splits=splits,
@@ -213,6 +231,8 @@ def load_run_data(cfg: Config, run_dir: Path, info: DistInfo, progress: bool) ->
         split_hash=sha256_file(run_split),
         dropped=dropped,
         failed_images=len(loader.failed),
+        set_aside=set_aside,
+        set_aside_file=set_aside_file,
     )
 
 
@@ -518,22 +538,9 @@ class FitResult:
 
 def prepare_resume(run_dir: Path, overrides: Sequence[str]) -> Config:
     """The saved config of a run, with `--set` overrides that may change how long or how it trains
-    (train.*, eval.*) but not what it trains (model, data, preprocessing, augmentation, loss)."""
-    cfg_file = run_dir / "config.yaml"
-    if not cfg_file.is_file():
-        raise ConfigError(f"--resume {run_dir}: no config.yaml there (is it an eyefuse run folder?)")
-    for item in overrides:
-        key = item.split("=", 1)[0].strip()
-        if not key.startswith(("train.", "eval.")) or key in (
-            "train.seed",
-            "train.batch_size",
-            "train.select_metric",
-        ):
-            raise ConfigError(
-                f"--set {item!r} cannot change a run being resumed; only train.* (except seed, "
-                "batch_size and select_metric) and eval.* settings may change"
-            )
-    return load_config(str(cfg_file), list(overrides))
+    (train.*, eval.*) but not what it trains (model, data, preprocessing, augmentation, loss).
+    The checks live in `eyefuse.config.resume_config` so that the CLI can run them before torch."""
+    return resume_config(run_dir, overrides)
 
 
 def fit(
@@ -551,7 +558,14 @@ def fit(
     from eyefuse.train.losses import create_loss
 
     run_dir = Path(run_dir)
-    cfg.validate()
+    cfg.validate()  # before anything is written: a refused config leaves no run folder behind
+    if resume and not (run_dir / "last").exists():
+        # Killed before its first checkpoint: every epoch is seeded from (seed, epoch), so starting
+        # again from step 0 with the saved config and split ends with the same weights.
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{run_dir}: no checkpoint yet (stopped in its first epoch): starting again from step 0")
+        resume = False
+    created = not run_dir.exists()
     device_name = cfg.train.device
     info = init_distributed(
         "cuda" if device_name in ("auto", "cuda") and torch.cuda.is_available() else device_name
@@ -721,6 +735,11 @@ def fit(
         return FitResult(
             run_dir, best_epoch, best_score, cfg.train.select_metric, epoch + 1, history, stopped_early
         )
+    except EyefuseError:
+        # A run refused before its first checkpoint leaves nothing behind that it created.
+        if info.is_main and created and run_dir.is_dir() and not (run_dir / "last").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         shutdown_distributed(info)
 
@@ -765,6 +784,7 @@ def calibrate_checkpoint(path: Path, val_set: Dataset, device: torch.device, cfg
     weights, and store them (with the split they were fitted on) in its metadata."""
     from eyefuse.eval.calibration import fit_calibration
 
+    print(f"calibration: fitting thresholds and temperatures on {len(val_set)} validation patients")
     model = load_model(path, device=device)
     result = evaluate(model, val_set, device, cfg)
     calib = fit_calibration(
