@@ -1133,7 +1133,7 @@ def draw_eye_parameters(
             else _clipped_normal(rng, 0.7, 0.09, 0.45, 0.92)
         )
     else:
-        cdr = _clipped_normal(rng, 0.4, 0.1, 0.15, 0.72)  # large physiological cups exist
+        cdr = _clipped_normal(rng, 0.42, 0.1, 0.15, 0.75)  # large physiological cups exist
     if "H" in diseases:
         avr = _clipped_normal(rng, 0.57, 0.07, 0.4, 0.76)
         tort = rng.uniform(0.08, 0.35)
@@ -1311,7 +1311,7 @@ def _render(
     _macula(c, rng, geom)
     if "M" in diseases:
         _peripapillary_atrophy(c, rng, geom, "M")
-        if rng.random() < 0.6:  # patchy chorioretinal atrophy at the posterior pole
+        if rng.random() < 0.5:  # patchy chorioretinal atrophy at the posterior pole
             k = int(rng.integers(1, 4))
             a, b = _scatter(c, rng, k, (geom.fovea[0] + 0.15, geom.fovea[1]), 0.15)
             layer = c.layer()
@@ -1325,7 +1325,7 @@ def _render(
                 rng.uniform(0, np.pi, k),
             )
             c.paint(layer, (235, 215, 175), strength=0.75, blur=0.004 * c.r, label="M")
-    elif "G" in diseases and rng.random() < 0.3:
+    elif rng.random() < (0.4 if "G" in diseases else 0.3):  # common in older and glaucomatous eyes too
         _peripapillary_atrophy(c, rng, geom, None)
     tilt = rng.uniform(0.75, 0.9) if "M" in diseases else rng.uniform(0.92, 1.02)
     _optic_disc(c, rng, geom, params.cdr, tilt, "G" in diseases)
