@@ -61,12 +61,14 @@ def draw_eye(path: Path, colour: tuple[int, int, int] = (40, 110, 210), spot: in
 def eye_image(
     colour: tuple[int, int, int] = (40, 110, 210), spot: int = 10, ext: str = ".jpg", scale: int = 1
 ) -> bytes:
-    """A fundus-like photograph (orange disc on black, a pale spot at `spot` px from the centre),
-    encoded as `ext`; `scale` enlarges it (96 x 112 px at 1)."""
+    """A fundus-like photograph (orange disc on black, a pale spot, the optic disc, `spot` px left
+    of the centre: where it is in a left eye, so the laterality check agrees with the default for
+    left eyes and with a negative `spot` for right eyes), encoded as `ext`; `scale` enlarges it
+    (96 x 112 px at 1)."""
     h, w = 96 * scale, 112 * scale
     img = np.zeros((h, w, 3), np.uint8)
     cv2.circle(img, (w // 2, h // 2), 42 * scale, colour, -1)
-    cv2.circle(img, (w // 2 + spot * scale, h // 2 - 4 * scale), 7 * scale, (190, 210, 250), -1)
+    cv2.circle(img, (w // 2 - spot * scale, h // 2 - 4 * scale), 7 * scale, (190, 210, 250), -1)
     ok, buf = cv2.imencode(ext, img)
     assert ok
     return buf.tobytes()

@@ -389,3 +389,23 @@ def test_onnx_model_predicts_like_pytorch_and_refuses_explain(onnx_model, client
         assert refused.status_code == 501 and "PyTorch checkpoint" in refused.json()["error"]
         bad = onnx_client.post("/v1/predict", files={"left": ("x.jpg", b"not an image at all")})
         assert bad.status_code == 415
+
+
+def test_host_header_is_checked_against_the_address_served(ckpt: Path) -> None:
+    """DNS rebinding: a page of another site whose name now resolves to 127.0.0.1 sends its own
+    name in the Host header; the service bound to loopback answers only its local names."""
+    from eyefuse.serve.app import allowed_hosts_for
+
+    allowed = allowed_hosts_for("127.0.0.1")
+    assert {"127.0.0.1", "localhost", "::1"} <= set(allowed)
+    assert allowed_hosts_for("0.0.0.0") == ["*"] and allowed_hosts_for("10.0.0.5") == ["10.0.0.5"]
+    assert allowed_hosts_for("127.0.0.1", ["eyes.example.org"]) == ["eyes.example.org"]
+    with TestClient(create_app(ckpt, allowed_hosts=allowed), base_url="http://127.0.0.1:8000") as c:
+        assert c.get("/health").status_code == 200
+        assert c.get("/health", headers={"host": "localhost:8000"}).status_code == 200
+        assert c.get("/health", headers={"host": "[::1]:8000"}).status_code == 200
+        refused = c.get("/health", headers={"host": "attacker.example:8000"})
+        assert refused.status_code == 400 and "--allowed-hosts" in refused.json()["detail"]
+        assert c.post("/v1/predict", files=pair(), headers={"host": "attacker.example"}).status_code == 400
+    with TestClient(create_app(ckpt, allowed_hosts=["*"])) as c:
+        assert c.get("/health", headers={"host": "anything.example"}).status_code == 200

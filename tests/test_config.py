@@ -78,3 +78,43 @@ def test_a_folder_named_like_a_preset_does_not_hide_it(tmp_path, monkeypatch) ->
     (tmp_path / "demo").mkdir()  # `eyefuse demo --out demo` makes exactly this folder
     monkeypatch.chdir(tmp_path)
     assert load_config("demo").name == "demo"
+
+
+@pytest.mark.parametrize(
+    "setting, words",
+    [
+        ("train.lr=-0.1", "train.lr must be > 0"),
+        ("train.lr=0", "train.lr must be > 0"),
+        ("train.seed=-5", "train.seed must be >= 0"),
+        ("train.momentum=1.5", "train.momentum"),
+        ("data.split_seed=-1", "data.split_seed"),
+        ("augment.eye_dropout=2", "augment.eye_dropout"),
+        ("eval.bootstrap=-3", "eval.bootstrap"),
+        ("train.lr=nan", "train.lr"),
+    ],
+)
+def test_out_of_range_numbers_are_refused(setting: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+        load_config("demo", [setting])
+
+
+def test_model_choices_are_listed_without_torch() -> None:
+    """`eyefuse models` and config validation use the light registries in eyefuse.config; the
+    model modules attach their builders to the same names, so the two cannot drift apart."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from eyefuse.config import describe_models; text = describe_models(); "
+        "assert 'torch' not in sys.modules and 'timm' not in sys.modules; print(text)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    from eyefuse.config import ATTENTION_CHOICES, FUSION_CHOICES, HEAD_CHOICES, PLACEMENT_CHOICES
+    from eyefuse.models import ATTENTION_TYPES, FUSION_TYPES, HEADS, PLACEMENTS
+
+    assert list(ATTENTION_TYPES) == list(ATTENTION_CHOICES) and list(FUSION_TYPES) == list(FUSION_CHOICES)
+    assert HEADS == HEAD_CHOICES and PLACEMENTS == PLACEMENT_CHOICES
+    for name in [*ATTENTION_CHOICES, *FUSION_CHOICES, *HEAD_CHOICES, "resnet50", "demo"]:
+        assert name in out.stdout

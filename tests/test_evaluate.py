@@ -39,6 +39,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return data, root / "run"
 
 
+@pytest.mark.slow
 def test_thresholds_are_fitted_on_validation_only(tiny_run: tuple[Path, Path]) -> None:
     from eyefuse.config import EvalConfig
     from eyefuse.eval.calibration import fit_calibration
@@ -58,6 +59,7 @@ def test_thresholds_are_fitted_on_validation_only(tiny_run: tuple[Path, Path]) -
     assert not np.allclose(meta["thresholds"], refit["offsite"]["thresholds"])
 
 
+@pytest.mark.slow
 def test_evaluate_writes_report_and_official_csv(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
     from eyefuse.cli import main
     from eyefuse.eval.evaluate import run_evaluate
@@ -74,9 +76,18 @@ def test_evaluate_writes_report_and_official_csv(tiny_run: tuple[Path, Path], tm
     truth = data / "Off-site Test Set" / "Annotation" / "off-site test annotation (English).xlsx"
     scored = score_files(summary.submission, truth)
     assert scored.final == pytest.approx(metrics["evaluation"]["official"]["final"], abs=1e-9)
+    # The official score of the raw and of the calibrated probabilities, and what each column uses.
+    variants = {v["scores"]: v for v in metrics["evaluation"]["official_variants"]}
+    calibrated = variants["calibrated (checkpoint temperatures)"]
+    assert calibrated["final"] == pytest.approx(metrics["evaluation"]["official"]["final"], abs=1e-9)
+    assert "raw (no temperatures)" in variants
+    assert metrics["context"]["scores"]["per_label_probabilities"] is True
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "never the fitted thresholds" in html and "raw (no temperatures)" in html
     assert main(["score", "--predictions", str(summary.submission), "--truth", str(truth), "--json"]) == 0
 
 
+@pytest.mark.slow
 def test_evaluate_refuses_the_calibration_split(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
     from eyefuse.eval.evaluate import run_evaluate
 
@@ -91,6 +102,7 @@ def test_evaluate_refuses_the_calibration_split(tiny_run: tuple[Path, Path], tmp
         run_evaluate(run, split="onsite", out=tmp_path / "x", progress=False)
 
 
+@pytest.mark.slow
 def test_ablation_runs_and_resumes(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
     from eyefuse.eval.ablation import run_ablation
 
@@ -108,6 +120,8 @@ def test_ablation_runs_and_resumes(tiny_run: tuple[Path, Path], tmp_path: Path) 
     assert first.rows[0]["delta_final"] == 0.0
     table = (tmp_path / "abl" / "ablation.md").read_text()
     assert "fusion=concat" in table and "Δ final" in table
+    assert first.rows[1]["verdict_final"] in ("better", "worse", "not distinguishable")
+    assert first.rows[1]["verdict_final"] in table
     second = run_ablation(data, str(grid), tmp_path / "abl", progress=False)
     assert (second.trained, second.skipped) == (0, 2)
     assert second.rows == first.rows
@@ -129,6 +143,7 @@ def test_ablation_grid_errors(tmp_path: Path) -> None:
         load_grid(str(bad))
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_tiny(tmp_path: Path) -> None:
     cmd = [
         sys.executable,
@@ -144,12 +159,22 @@ def test_demo_end_to_end_tiny(tmp_path: Path) -> None:
         "--max-side",
         "160",
         "--compare-single",
+        "--seeds",
+        "2",
         "--no-progress",
         *[a for s in [*TINY, "train.epochs=1"] for a in ("--set", s)],
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ODIR final (official)" in out.stdout
-    assert "single-eye (no fusion)" in out.stdout
+    assert "single-eye (no fusion) baseline, 2 training seeds each" in out.stdout
+    # Every comparison line carries its interval and one of the three verdicts, never a bare "beats".
+    lines = [ln for ln in out.stdout.splitlines() if ln.strip().startswith(("ODIR final:", "macro AUROC:"))]
+    assert len(lines) == 2
+    for line in lines:
+        assert "95 % CI" in line and "2 vs 2 seeds" in line
+        assert line.endswith(("is better", "is worse", "are not distinguishable"))
+    assert "beats" not in out.stdout
     assert (tmp_path / "demo" / "report" / "report.html").is_file()
-    assert (tmp_path / "demo" / "run-single" / "best" / "meta.json").is_file()
+    for run in ("run-single", "run-seed1", "run-single-seed1"):
+        assert (tmp_path / "demo" / run / "best" / "meta.json").is_file()

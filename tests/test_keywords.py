@@ -10,6 +10,7 @@ from eyefuse.data.keywords import (
     KEYWORD_LABELS,
     NON_DECIDING,
     NON_FUNDUS,
+    ZH_KEYWORDS,
     keyword_labels,
     lookup_keyword,
     normalize_keyword,
@@ -166,3 +167,59 @@ def test_map_keys_are_normalised_and_values_valid():
         assert value in allowed
     assert KEYWORD_LABELS["hypertensive retinopathy"] == "H"
     assert "normal" not in KEYWORD_LABELS and "abnormal" not in KEYWORD_LABELS
+
+
+# --- Chinese keywords and the unknown-keyword rule ----------------------------------------------
+
+
+def test_every_chinese_keyword_maps_like_its_english_equivalent():
+    with_english = [(zh, value, en) for zh, (value, en) in ZH_KEYWORDS.items() if en is not None]
+    assert len(with_english) > len(ZH_KEYWORDS) // 2  # most have an English equivalent
+    for zh, value, en in with_english:
+        assert normalize_keyword(en) in KEYWORD_LABELS, f"{en!r} (for {zh}) is not an English keyword"
+        assert KEYWORD_LABELS[normalize_keyword(en)] == value, f"{zh} -> {value}, but {en!r} -> other"
+    for zh, (value, _) in ZH_KEYWORDS.items():
+        assert lookup_keyword(zh) == value
+        assert value in (*ODIR_LABELS, NON_DECIDING, NON_FUNDUS)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("糖尿病视网膜病变2期,激光斑", "DO"),  # ASCII comma, as the Chinese annotations write it
+        (f"高血压视网膜病变{FW}白内障 ", "CH"),  # full-width comma, trailing space
+        ("可疑青光眼, 镜头污点", "G"),  # suspected X is X; lens dust decides nothing
+        ("疑似糖尿病视网膜病变2期", "D"),
+        ("干性老年黄斑病变\u3001病理性近视", "AM"),  # Chinese enumeration comma
+        ("AMD", "A"),
+        ("正常眼底", "N"),
+        ("正常眼底,镜头污点", "N"),
+    ],
+)
+def test_chinese_keywords_give_labels(text, expected):
+    r = keyword_labels(text)
+    assert letters(r.labels) == expected and r.known
+
+
+def test_chinese_non_fundus_and_non_deciding():
+    assert not keyword_labels("外眼像").fundus
+    r = keyword_labels("图片质量差")
+    assert r.fundus and not r.deciding and r.non_deciding == ("图片质量差",)
+
+
+@pytest.mark.parametrize("keyword", ["atrophy", "retinal pigment epithelium atrophy", "vitreous opacity"])
+def test_the_three_once_unknown_english_keywords_are_other(keyword):
+    assert letters(keyword_labels(keyword).labels) == "O"
+
+
+@pytest.mark.parametrize("unknown_eye", ["purple spots", f"purple spots{FW}drusen", "未知病变,正常眼底"])
+def test_an_unknown_keyword_never_makes_the_patient_normal(unknown_eye):
+    left, right = keyword_labels(unknown_eye), keyword_labels("normal fundus")
+    assert left.unknown and left.eye_labels() is None  # per-eye labels unknown
+    assert patient_labels_from_eyes(left, right) is None  # nothing derived: annotation labels stay
+    assert patient_labels_from_eyes(right, left) is None
+
+
+def test_an_unknown_keyword_on_a_non_fundus_image_changes_nothing():
+    left = keyword_labels(f"anterior segment image{FW}purple spots")
+    assert letters(patient_labels_from_eyes(left, keyword_labels("normal fundus"))) == "N"

@@ -31,6 +31,7 @@ from eyefuse.models.attention import (
     SpatialGate,
     SqueezeExcite,
 )
+from eyefuse.models.binocular import combine_eye_logits, ranking_probabilities
 
 SIZE = 64
 TINY = "resnet10t"  # timm ResNet, BasicBlock, one block per stage: the cheapest ResNet-family model
@@ -157,7 +158,8 @@ def test_fusion_head_forward_backward_with_aux_heads(fusion: str, head: str) -> 
     if fusion == "single":
         # No separate aux head: the per-eye logits are the single-eye classifier's own.
         assert model.aux_head is None
-        assert torch.equal(out["logits"], torch.maximum(out["left_logits"], out["right_logits"]))
+        combined = combine_eye_logits(out["left_logits"], out["right_logits"], head, model.normal_index)
+        assert torch.equal(out["logits"], combined)
     else:
         assert model.aux_head is not None
 
@@ -285,6 +287,87 @@ def test_missing_eye_uses_the_other_eye_only(fusion: str) -> None:
         assert torch.allclose(model(a, a)["logits"][0], right_out[0], atol=1e-5)
 
 
+# --- the single-eye baseline follows the ODIR rule --------------------------------------------------
+
+
+def _perfect_eye_logits(eye_labels: torch.Tensor, head: str) -> torch.Tensor:
+    """Logits of a per-eye classifier that is right and sure about every eye (``B x L`` 0/1 labels)."""
+    if head == "sigmoid":
+        return eye_labels * 20.0 - 10.0
+    return torch.where(eye_labels.bool(), 0.0, -30.0)  # softmax: the mass shared by the eye's labels
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_single_eye_rule_scores_perfect_eyes_perfectly(head: str) -> None:
+    from eyefuse.eval.metrics import official_score
+
+    n, d, h = (ODIR_LABELS.index(x) for x in "NDH")
+    normal, diabetic, hyper = (torch.zeros(len(ODIR_LABELS)) for _ in range(3))
+    normal[n], diabetic[d], hyper[h] = 1, 1, 1
+    both_dh = diabetic + hyper
+    # patients: normal + normal, normal + D (one normal eye), D + H, D+H + normal
+    left = torch.stack([normal, normal, diabetic, both_dh])
+    right = torch.stack([normal, diabetic, hyper, normal])
+    truth = torch.maximum(left, right)
+    truth[:, n] = torch.minimum(left[:, n], right[:, n])  # the ODIR rule: N only when both eyes are N
+    logits = combine_eye_logits(_perfect_eye_logits(left, head), _perfect_eye_logits(right, head), head, n)
+    model = _build(head=head)
+    decisions = model.probabilities(logits)
+    assert torch.equal(decisions > 0.5, truth.bool())
+    score = official_score(
+        truth.numpy(), decisions.numpy(), rank_prob=model.ranking_probabilities(logits).numpy()
+    )
+    assert score["final"] == pytest.approx(1.0)
+    # The old rule (maximum over the eyes for every label, N included) calls the one-normal-eye
+    # patients normal: exactly what the ODIR rule forbids.
+    old = model.probabilities(
+        torch.maximum(_perfect_eye_logits(left, head), _perfect_eye_logits(right, head))
+    )
+    assert bool(old[1, n] > 0.5) and not bool(truth[1, n])
+
+
+@pytest.mark.parametrize("head", list(HEADS))
+def test_single_eye_rule_is_differentiable_and_per_label(head: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    left = torch.randn(5, len(ODIR_LABELS), generator=g, requires_grad=True)
+    right = torch.randn(5, len(ODIR_LABELS), generator=g, requires_grad=True)
+    n = ODIR_LABELS.index("N")
+    out = combine_eye_logits(left, right, head, n)
+    p_l, p_r = ranking_probabilities(left, head), ranking_probabilities(right, head)
+    # In probability terms: N is the minimum over the eyes, every disease the maximum.
+    expect = torch.maximum(p_l, p_r)
+    expect[:, n] = torch.minimum(p_l[:, n], p_r[:, n])
+    if head == "sigmoid":
+        assert torch.allclose(torch.sigmoid(out), expect)
+    else:
+        assert torch.allclose(out.exp(), expect, atol=1e-6)
+    out.sum().backward()
+    assert left.grad is not None and right.grad is not None
+    assert left.grad.abs().sum() > 0 and right.grad.abs().sum() > 0
+    # Without a normal label every label is the maximum over the eyes.
+    plain = combine_eye_logits(left.detach(), right.detach(), "sigmoid", None)
+    assert torch.equal(plain, torch.maximum(left.detach(), right.detach()))
+
+
+def test_single_eye_model_uses_the_rule_and_ignores_a_missing_eye() -> None:
+    model = _build(fusion="single", head="sigmoid", aux_eye_heads=True).eval()
+    _activate(model)
+    a, b = _images(2, seed=4)
+    with torch.no_grad():
+        out = model(a, b, left_present=torch.tensor([True, False]))
+        n = model.normal_index
+        assert n == ODIR_LABELS.index("N")
+        expect = combine_eye_logits(out["left_logits"], out["right_logits"], "sigmoid", n)
+        assert torch.equal(out["logits"], expect)
+        # The absent left eye does not count: patient 1 is exactly its right eye.
+        assert torch.allclose(out["logits"][1], model(b, b)["right_logits"][1], atol=1e-5)
+    # A softmax head's per-eye logits are no sigmoid logits: its auxiliary targets get their own head.
+    soft = _build(fusion="single", head="softmax", aux_eye_heads=True)
+    assert soft.aux_head is not None
+    out = _run_train_step(soft)
+    assert set(out) == {"logits", "left_logits", "right_logits"}
+
+
 def test_both_eyes_absent_is_an_error() -> None:
     model = _build().eval()
     a, b = _images(2)
@@ -308,6 +391,9 @@ def test_probabilities_softmax_rule_and_sigmoid() -> None:
     assert torch.allclose(soft.amax(1), torch.ones(2))
     assert torch.allclose(soft, torch.softmax(logits, 1) / torch.softmax(logits, 1).amax(1, keepdim=True))
     assert torch.equal(_build(head="sigmoid").probabilities(logits), torch.sigmoid(logits))
+    # Ranking metrics see the softmax itself, where the two patients' top labels are not tied at 1.0.
+    ranking = _build(head="softmax").ranking_probabilities(logits)
+    assert torch.allclose(ranking, torch.softmax(logits, 1)) and ranking[0, 0] < ranking[1, 0]
 
 
 def test_return_features_gives_both_eyes_gradients_in_one_backward() -> None:
@@ -489,5 +575,6 @@ def test_describe_models_lists_every_choice() -> None:
     text = describe_models()
     for name in [*ATTENTION_TYPES, *FUSION_TYPES, *HEADS, "last", "all", "resnet50"]:
         assert f"  {name} " in text, name
-    assert f"{len(timm.list_models())} timm models" in text
+    # timm's own names are left to timm: counting them would import torch for `eyefuse models`
+    assert "timm.list_models('resnet*')" in text
     assert "Presets" in text

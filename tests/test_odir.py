@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from eyefuse import ODIR_LABELS
+from eyefuse.data.dataset import PairDataset
 from eyefuse.data.odir import CHALLENGE_XLSX, ODIR_COLUMNS, PROBLEM_IMAGES, keyword_report, load_dataset
 from eyefuse.errors import ConfigError, DataError
 
@@ -396,3 +397,96 @@ def test_keyword_report_finds_disagreement_and_unknown_keywords(tmp_path, make_c
     assert report.unknown_keywords == {"purple spots": 1} and report.patients_with_unknown == 1
     text = str(report)
     assert "disagreeing patients: 1" in text and "'purple spots' x1" in text
+
+
+# --- the real files' shapes: Chinese headers and keywords, an xlsx named .xls, a split column ----
+
+ZH_HEADER = [
+    *("编号", "病人年龄", "病人性别", "左眼眼底图像", "右眼眼底图像", "左眼诊断关键词", "右眼诊断关键词"),
+    *ODIR_LABELS,
+]
+
+
+def zh_rows() -> list[list]:
+    """Rows as the authors' off_gt.xls writes them: ASCII commas, one full-width, trailing spaces."""
+
+    def row(pid, sex, left, right, labels):
+        return [pid, 60, sex, f"{pid}_left.jpg", f"{pid}_right.jpg", left, right] + [
+            int(lab in labels) for lab in ODIR_LABELS
+        ]
+
+    return [
+        row(937, "女", "高血压视网膜病变", "高血压视网膜病变,可疑糖尿病视网膜病变", "DH"),
+        row(967, "男", "糖尿病视网膜病变2期", "糖尿病视网膜病变2期\uff0c视网膜前膜 ", "DO"),
+        row(995, "男", "正常眼底", "镜头污点,视网膜色素沉着", "O"),
+        row(1322, "女", "正常眼底", "外眼像", "N"),
+        row(1600, "女", "正常眼底 ", "正常眼底", "N"),
+    ]
+
+
+def write_xlsx_named_xls(path: Path, header, rows) -> Path:
+    import pandas as pd
+
+    xlsx = path.with_suffix(".xlsx")
+    pd.DataFrame(rows, columns=header).to_excel(xlsx, index=False, engine="openpyxl")
+    xlsx.rename(path)
+    return path
+
+
+def test_chinese_ground_truth_xlsx_named_xls(tmp_path):
+    path = write_xlsx_named_xls(tmp_path / "off_gt.xls", ZH_HEADER, zh_rows())
+    ds = load_dataset(path, check_images=False)
+    assert ds.format == "challenge" and len(ds) == 5 and ds.sources() == ["offsite"]
+    p = by_id(ds)
+    assert p["937"].sex == "Female" and p["967"].sex == "Male"
+    assert p["967"].right_keywords == ("糖尿病视网膜病变2期", "视网膜前膜")
+    assert letters(p["967"].right_labels) == "DO" and letters(p["995"].left_labels) == "N"
+    assert not p["1322"].right_fundus and p["1322"].eye_path("right") is None
+    report = keyword_report(ds)
+    assert (report.checked, report.agreeing, report.patients_with_unknown) == (5, 5, 0)
+
+
+def test_table_kind_comes_from_content_not_extension(tmp_path, odir_rows):
+    import pandas as pd
+
+    csv_as_xls = tmp_path / "a" / "annotation.xls"
+    csv_as_xls.parent.mkdir()
+    pd.DataFrame(odir_rows, columns=ODIR_COLUMNS).to_csv(csv_as_xls, index=False)
+    assert len(load_dataset(csv_as_xls, check_images=False)) == len(odir_rows)
+    assert len(load_dataset(csv_as_xls.parent, check_images=False)) == len(odir_rows)  # found in a folder
+    old = tmp_path / "old.xls"
+    old.write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0" * 512)
+    with pytest.raises(DataError, match=r"old\.xls.*old binary Excel"):
+        load_dataset(old, check_images=False)
+
+
+def test_split_column_gives_each_row_its_source(tmp_path, write_table, odir_rows):
+    splits = ["train", "off-site-test", "on-site-test"]
+    rows = [dict(r, split=s) for r, s in zip(odir_rows[:3], splits, strict=True)]
+    path = write_table(tmp_path / "all.csv", [*ODIR_COLUMNS, "split"], rows)
+    ds = load_dataset(path, check_images=False)
+    assert [p.source for p in ds] == ["train", "offsite", "onsite"]
+    rows[2]["split"] = "holdout"
+    write_table(path, [*ODIR_COLUMNS, "split"], rows)
+    with pytest.raises(DataError, match=r"all\.csv.*row 4.*split.*'holdout'"):
+        load_dataset(path, check_images=False)
+
+
+def test_unknown_keyword_eye_is_masked_patient_keeps_labels_and_is_counted(
+    tmp_path, make_challenge, odir_row
+):
+    # Left eye unknown, right eye normal: the patient must keep the annotated O, not become N.
+    rows = [odir_row(0, "purple spots", "normal fundus", "O"), odir_row(1, "drusen", "normal fundus", "O")]
+    ds = load_dataset(make_challenge(tmp_path, rows))
+    p = by_id(ds)["0"]
+    assert letters(p.labels) == "O"
+    assert p.left_labels is None and letters(p.right_labels) == "N"  # None: masked per-eye loss
+    assert p.eye_path("left") is not None  # the photograph is still used for the patient
+    assert any("1 eye(s) have a keyword not in the map ('purple spots' x1)" in n for n in ds.notes)
+    report = keyword_report(ds)
+    assert (report.patients_with_unknown, report.eyes_with_unknown, report.checked) == (1, 1, 1)
+    assert "1 with an unknown keyword (1 eyes" in str(report)
+    # What training sees: the eye's per-eye labels are masked, the patient's labels are O.
+    item = PairDataset([p], lambda path: np.zeros((8, 8, 3), np.uint8), ds.label_names, size=8)[0]
+    assert item["eye_labels_known"].tolist() == [False, True]
+    assert letters(item["labels"].numpy().astype(int)) == "O"

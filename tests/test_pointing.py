@@ -136,3 +136,24 @@ def test_grad_cam_points_at_the_learned_lesions(trained: Path, tmp_path: Path) -
     assert trials >= 8
     rate, chance = hits / trials, chance / trials
     assert rate >= 0.6 and rate >= 3 * chance, (hits, trials, chance)
+
+
+def test_pooled_row_is_also_given_without_labels_whose_chance_is_high() -> None:
+    from eyefuse.eval.pointing import PointingResult
+
+    res = PointingResult(
+        hits={"D": 5, "M": 20},
+        trials={"D": 10, "M": 20},
+        chance={"D": 0.1, "M": 0.956},
+        tolerance_px=3,
+        size=160,
+    )
+    assert res.informative_labels == ["D"]
+    assert res.pooled() == (30, pytest.approx(25 / 30), pytest.approx((0.1 * 10 + 0.956 * 20) / 30))
+    assert res.pooled(["D"]) == (10, 0.5, pytest.approx(0.1))
+    rows = {line.split("  ")[0].strip(): line for line in str(res).splitlines()}
+    assert rows["all"].split()[1:3] == ["30", "0.833"]
+    assert rows["all without M"].split()[3:5] == ["10", "0.500"]
+    assert "M: chance rate above 0.5" in str(res)
+    only_low = PointingResult(hits={"D": 1}, trials={"D": 2}, chance={"D": 0.1})
+    assert "without" not in str(only_low)

@@ -197,7 +197,7 @@ def test_csv_errors_name_row_and_column(tmp_path, content, match, row, column) -
 def test_folder_input_official_csv_output(tmp_path, ckpt, photos) -> None:
     folder = tmp_path / "dir"
     draw_eye(folder / "10_left.jpg")
-    draw_eye(folder / "10_right.JPEG")
+    draw_eye(folder / "10_right.JPEG", spot=-12)
     draw_eye(folder / "2_left.png")  # one eye only: predicted from it, with a warning
     (folder / "3_left.jpg").write_bytes(photos["corrupt"].read_bytes())  # the only eye is corrupt
     (folder / "notes.txt").write_text("not an image")

@@ -15,12 +15,12 @@ import pytest
 from PIL import Image
 
 from eyefuse.config import PreprocessConfig
+from eyefuse.data.decode import _jpeg_frame_size
+from eyefuse.data.fov import _median_u8
 from eyefuse.data.preprocess import (
     FOV_MASK_FRACTION,
     FovCircle,
     PreprocessError,
-    _jpeg_frame_size,
-    _median_u8,
     _resize_down,
     decode_image,
     find_fov,
@@ -427,6 +427,7 @@ def test_preprocess_files_writes_pngs_fov_csv_and_failures(tmp_path: Path) -> No
     assert [row["output"] for row in rows] == ["1_left.png", "1_left-2.png"]
     assert rows[1]["path"] == str(second)
     assert abs(float(rows[0]["cx"]) - 324) < 4 and abs(float(rows[0]["radius"]) - 205) < 4
+    assert rows[0]["method"] == "circle" and rows[0]["radius_y"] == rows[0]["radius"]
     with open(out_dir / "failed.csv", newline="") as f:
         assert list(csv.DictReader(f)) == [{"path": str(bad), "reason": "not an image (could not decode)"}]
     assert not list(out_dir.glob(".*.tmp*"))  # atomic writes leave no temporary files

@@ -201,3 +201,28 @@ def test_write_submission_refuses_bad_input(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="probabilities"):
         write_submission(tmp_path / "s.csv", IDS[:3], _prob())
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_truth_with_chinese_headers_in_an_xlsx_named_xls(tmp_path: Path, truth_xlsx: Path) -> None:
+    # As the authors publish off_gt.xls: Chinese headers (编号 for ID), Chinese keywords, xlsx content.
+    frame = _truth_frame().rename(columns={"ID": "编号", "Patient Age": "病人年龄"})
+    frame = frame.rename(columns={"Left-Diagnostic Keywords": "左眼诊断关键词"})
+    frame["左眼诊断关键词"] = "糖尿病视网膜病变2期,激光斑 "
+    xlsx = tmp_path / "gt.xlsx"
+    frame.to_excel(xlsx, index=False)
+    path = xlsx.rename(tmp_path / "off_gt.xls")
+    table = read_truth(path)
+    english = read_truth(truth_xlsx)
+    assert table.ids == [str(i) for i in IDS]
+    np.testing.assert_array_equal(table.labels, english.labels)
+    sub = write_submission(tmp_path / "s.csv", IDS, _prob())
+    assert score_files(sub, path).final == score_files(sub, truth_xlsx).final
+
+
+def test_truth_csv_named_xls_and_old_binary_xls(tmp_path: Path) -> None:
+    path = tmp_path / "truth.xls"
+    _truth_frame().to_csv(path, index=False)
+    assert read_truth(path).ids == [str(i) for i in IDS]
+    path.write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0" * 512)
+    with pytest.raises(DataError, match=r"truth\.xls: an old binary Excel"):
+        read_truth(path)

@@ -13,6 +13,7 @@ import pytest
 
 from eyefuse import ODIR_LABELS
 from eyefuse.data import synth
+from eyefuse.data.keywords import NON_DECIDING, lookup_keyword
 from eyefuse.data.synth import (
     CAMERAS,
     COLUMNS,
@@ -22,6 +23,8 @@ from eyefuse.data.synth import (
     NON_DECIDING_KEYWORDS,
     NORMAL_KEYWORD,
     FieldOfView,
+    choose_keywords,
+    draw_eye_parameters,
     plan_patient,
     render_eye,
     synthesize,
@@ -322,3 +325,66 @@ def test_refuses_foreign_folder_and_cleans_its_own_leftovers(tmp_path):
     assert sorted(p.name for p in (out / synth.TRAIN_IMAGES).iterdir()) == sorted(
         f"{i}_{s}.jpg" for i in range(3) for s in ("left", "right")
     )
+
+
+def _params(labels: set[str], n: int = 1500, seed: int = 0) -> list[synth.EyeParameters]:
+    rng = np.random.default_rng(seed)
+    return [draw_eye_parameters(rng, labels, choose_keywords(rng, labels)) for _ in range(n)]
+
+
+def _overlap(low: np.ndarray, high: np.ndarray) -> tuple[float, float]:
+    """Share of `high` below the 95th percentile of `low`, and of `low` above the 5th of `high`."""
+    return float(np.mean(high < np.percentile(low, 95))), float(np.mean(low > np.percentile(high, 5)))
+
+
+def test_drawn_parameters_overlap_between_healthy_and_diseased_eyes():
+    normal = _params({"N"})
+    cdr_n, cdr_g = np.array([p.cdr for p in normal]), np.array([p.cdr for p in _params({"G"}, seed=1)])
+    avr_n, avr_h = np.array([p.avr for p in normal]), np.array([p.avr for p in _params({"H"}, seed=2)])
+    haze_n, haze_c = np.array([p.haze for p in normal]), np.array([p.haze for p in _params({"C"}, seed=3)])
+    tess_n, tess_m = (
+        np.array([p.tessellation for p in normal]),
+        np.array([p.tessellation for p in _params({"M"}, seed=4)]),
+    )
+    # overlap as in real eyes: large physiological cups, narrow arteries, hazy photographs of
+    # eyes without cataract, tessellated fundi without pathological myopia
+    for low, high in ((cdr_n, cdr_g), (-avr_n, -avr_h), (haze_n, haze_c), (tess_n, tess_m)):
+        below, above = _overlap(low, high)
+        assert below >= 0.05 and above >= 0.05, (below, above)
+    assert np.mean(haze_n > np.median(haze_c)) >= 0.1  # many clear-cataract-like hazy eyes
+    # ... yet every parameter still differs on average, so the signs stay learnable
+    assert cdr_g.mean() > cdr_n.mean() + 0.2 and avr_h.mean() < avr_n.mean() - 0.07
+    assert haze_c.mean() > haze_n.mean() and tess_m.mean() > tess_n.mean() + 0.2
+    assert all(p.spokes == 0 for p in normal) and all(p.spokes >= 3 for p in _params({"C"}, 50))
+
+
+def test_low_image_quality_eyes_are_hazy_without_a_cataract_label():
+    rng = np.random.default_rng(0)
+    hazy = [draw_eye_parameters(rng, {"N"}, (NORMAL_KEYWORD, "low image quality")).haze for _ in range(200)]
+    assert min(hazy) >= 0.25
+
+    def detail(keywords: tuple[str, ...], seed: int) -> float:
+        eye = render_eye(np.random.default_rng(seed), {"N"}, "left", (192, 192), keywords=keywords)
+        assert not eye.mask.any()  # a non-deciding keyword marks nothing
+        grey = cv2.GaussianBlur(cv2.cvtColor(eye.rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), (0, 0), 1.0)
+        return float(
+            cv2.Laplacian(grey, cv2.CV_32F)[56:136, 56:136].var()
+        )  # fine detail, sensor noise damped
+
+    seeds = range(4)
+    blurred = np.mean([detail((NORMAL_KEYWORD, "low image quality"), s) for s in seeds])
+    assert blurred < 0.8 * np.mean([detail((NORMAL_KEYWORD,), s) for s in seeds])
+
+
+def test_drusen_are_o_and_o_is_wide_and_vocabulary_matches_the_keyword_map():
+    assert ("drusen", "O") in {(kw, lab) for kw, lab in KEYWORD_LABEL.items()}
+    assert len(synth.DISEASE_KEYWORDS["O"]) >= 8
+    for keyword, label in KEYWORD_LABEL.items():  # the readers label synthetic keywords as intended
+        assert lookup_keyword(keyword) == label, keyword
+    for keyword in NON_DECIDING_KEYWORDS:
+        assert lookup_keyword(keyword) == NON_DECIDING, keyword
+    # isolated drusen mark O, never A; a myopic eye never gets the O "tessellated fundus" keyword
+    eye = render_eye(np.random.default_rng(3), {"O"}, "right", (192, 192), keywords=("drusen",))
+    assert np.any(eye.mask & LABEL_BIT["O"]) and not np.any(eye.mask & LABEL_BIT["A"])
+    rng = np.random.default_rng(0)
+    assert all("tessellated fundus" not in choose_keywords(rng, {"M", "O"}) for _ in range(300))

@@ -137,6 +137,19 @@ def test_resume_after_kill_matches_uninterrupted_run(synth_data: Path, tmp_path:
     resumed_rows = [r.split(",")[:8] for r in (tmp_path / "killed" / "metrics.csv").read_text().splitlines()]
     assert full_rows == resumed_rows
 
+    # killed in its first epoch, before any checkpoint: --resume starts again from step 0 with the
+    # saved config and split, and ends with the same weights
+    env["EYEFUSE_FAULT_KILL_AT_STEP"] = "2"
+    killed1 = _train([*common, "--out", str(tmp_path / "killed1")], env)
+    assert killed1.returncode == -9, killed1.stderr[-3000:]
+    assert not (tmp_path / "killed1" / "last").exists() and (tmp_path / "killed1" / "config.yaml").is_file()
+    resumed1 = _train(["--resume", str(tmp_path / "killed1")])
+    assert resumed1.returncode == 0, resumed1.stderr[-3000:]
+    assert "no checkpoint yet" in resumed1.stdout
+    c = load_file(str(tmp_path / "killed1" / "last" / "model.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], c[k]), k
+
     # extend the finished run by one epoch
     extended = _train(["--resume", str(tmp_path / "full"), "--set", "train.epochs=4"])
     assert extended.returncode == 0, extended.stderr[-3000:]
@@ -213,7 +226,8 @@ def test_fit_with_ema_sgd_workers_and_early_stopping(synth_data: Path, tmp_path:
     )
     cfg.data.root = str(synth_data)
     result = fit(cfg, tmp_path / "run", progress=False)
-    finals = [row["val_final"] for row in result.history]
+    assert cfg.train.select_metric == "val_macro_auroc"  # the default chooses the best checkpoint
+    finals = [row["val_macro_auroc"] for row in result.history]
     # patience 1: the run ends right after the first epoch that does not beat the best so far
     first_bad = next((i for i in range(1, len(finals)) if finals[i] <= max(finals[:i])), None)
     expected_epochs = 4 if first_bad is None else first_bad + 1
@@ -357,3 +371,24 @@ def test_non_finite_loss_is_reported_with_its_step() -> None:
             progress=False,
         )
     assert len(calls) == 3  # no read-back (and no stop) before the end of this short epoch
+
+
+def test_selection_score_orders_every_metric_higher_is_better() -> None:
+    from eyefuse.train.engine import selection_score
+
+    good, bad = {"val_loss": 0.2, "val_final": 0.7}, {"val_loss": 0.5, "val_final": 0.6}
+    assert selection_score(good, "val_loss") > selection_score(bad, "val_loss")
+    assert selection_score(good, "val_final") > selection_score(bad, "val_final")
+    # an epoch whose figure is undefined (e.g. no positives in validation) never becomes the best
+    assert selection_score({"val_macro_auroc": float("nan")}, "val_macro_auroc") == float("-inf")
+
+
+def test_select_metric_is_validated_and_fixed_on_resume(tmp_path: Path) -> None:
+    from eyefuse.config import save_config
+    from eyefuse.train.engine import prepare_resume
+
+    with pytest.raises(ConfigError, match="train.select_metric"):
+        load_config("demo", ["train.select_metric=val_accuracy"])
+    save_config(load_config("demo"), tmp_path / "config.yaml")
+    with pytest.raises(ConfigError, match="select_metric"):
+        prepare_resume(tmp_path, ["train.select_metric=val_final"])

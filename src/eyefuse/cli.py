@@ -1,28 +1,144 @@
-"""The `eyefuse` command: one subcommand per verb. Thin: each parses its options, then calls one
-library function and prints its summary. Errors a user can cause (`EyefuseError`) print one clear
-message and exit with status 2; anything else is a bug and keeps its traceback."""
+"""The `eyefuse` command: one subcommand per verb. Thin: each parses its options, checks what it can
+check without the heavy libraries (paths exist, outputs are not inputs, the config is valid), then
+imports its one library function (importing torch takes seconds, so a refused command line is
+answered before it) and prints its summary.
+
+Exit status, for scripts (README "Exit status"):
+  0  everything asked for was done;
+  1  some patients or images failed and were listed; everything else was written;
+  2  bad input or usage: a wrong option, a missing file, a malformed file, an output that would
+     replace an input, or nothing that could be used at all; one line on stderr, no traceback.
+Errors a user can cause (`EyefuseError`, and file-system errors such as a read-only or full
+folder) print that one line; anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import errno
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from eyefuse import __version__
-from eyefuse.errors import EyefuseError
+from eyefuse.errors import ConfigError, EyefuseError
 
 Handler = Callable[[argparse.Namespace], int]
 
+EXIT_OK, EXIT_PARTIAL, EXIT_USAGE = 0, 1, 2
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Shows every option's default in its help, unless the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text
+            or action.default is None
+            or action.default is False
+            or action.default == argparse.SUPPRESS
+            or action.default == []
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+# --- checks that need no heavy import --------------------------------------------------------------
+
+
+def _must_exist(path: str | os.PathLike[str] | None, option: str, kind: str = "any") -> None:
+    """A path the user typed must exist (and be a file / folder when `kind` says so)."""
+    if path is None:
+        return
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{option} {p} does not exist")
+    if kind == "file" and not p.is_file():
+        raise ConfigError(f"{option} {p}: not a file")
+    if kind == "dir" and not p.is_dir():
+        raise ConfigError(f"{option} {p}: not a folder")
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _refuse_overwrite(
+    out: Path,
+    inputs: Sequence[Path],
+    *,
+    option: str,
+    overwrite: bool,
+    ours: Callable[[Path], bool] = lambda _: False,
+) -> None:
+    """Refuse an output that is one of the inputs (always), or an existing file that this command
+    did not write (`ours` recognises its own earlier outputs), unless `overwrite`."""
+    resolved = Path(os.path.abspath(out))
+    for src in inputs:
+        if resolved == Path(os.path.abspath(src)) or _same(out, src):
+            raise ConfigError(f"{option} {out} is an input of this command: it would be replaced")
+    if out.is_dir():
+        raise ConfigError(f"{option} {out} is a folder: give a file name")
+    if out.exists() and not overwrite and not ours(out):
+        raise ConfigError(
+            f"{option} {out} exists and was not written by eyefuse: choose another name, or pass "
+            "--overwrite to replace it"
+        )
+
+
+def _is_prediction_file(path: Path) -> bool:
+    """An earlier output of `eyefuse predict` (JSON with model/summary/predictions, or an official
+    CSV starting `ID,`): replacing it is what a rerun is for."""
+    try:
+        if path.suffix.lower() == ".json":
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            return isinstance(doc, dict) and {"model", "summary", "predictions"} <= doc.keys()
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+        return bool(header) and header[0] == "ID"
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+
+
+def _has_header(path: Path, header: Sequence[str]) -> bool:
+    """True when `path` is a CSV whose first row is `header` (a list eyefuse wrote earlier)."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return next(csv.reader(f), []) == list(header)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+
+
+def _csv_image_paths(path: Path) -> list[Path]:
+    """The image paths a predict CSV names (so `--out` cannot replace one); [] when unreadable
+    (the reader then says why, with the row)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError):
+        return []
+    if not rows:
+        return []
+    header = [c.strip() for c in rows[0]]
+    cols = [header.index(c) for c in ("left", "right") if c in header]
+    return [path.parent / r[i].strip() for r in rows[1:] for i in cols if i < len(r) and r[i].strip()]
+
+
+# --- data commands ---------------------------------------------------------------------------
+
 
 def _add_preprocess_options(p: argparse.ArgumentParser, *, size: int | None = 448) -> None:
-    p.add_argument("--size", type=int, default=size, help="output side in pixels (default %(default)s)")
+    p.add_argument("--size", type=int, default=size, help="output side in pixels")
     p.add_argument(
-        "--enhance",
-        choices=("graham", "clahe", "none"),
-        default="graham",
-        help="detail enhancement (default graham)",
+        "--enhance", choices=("graham", "clahe", "none"), default="graham", help="detail enhancement"
     )
 
 
@@ -34,12 +150,10 @@ def _preprocess_config(args: argparse.Namespace):
     return cfg
 
 
-# --- data commands ---------------------------------------------------------------------------
-
-
 def cmd_synth(args: argparse.Namespace) -> int:
     from eyefuse.data.synth import synthesize
 
+    print(f"writing a synthetic dataset into {args.out} ...", flush=True)
     summary = synthesize(
         args.out,
         n_patients=args.patients,
@@ -49,33 +163,78 @@ def cmd_synth(args: argparse.Namespace) -> int:
         mix=args.mix,
     )
     print(summary)
-    return 0
+    return EXIT_OK
+
+
+def _preprocess_outputs_of_earlier_run(out: Path) -> set[str]:
+    """PNG names an earlier `eyefuse preprocess` wrote into `out` (its fov.csv lists them)."""
+    fov = out / "fov.csv"
+    try:
+        with open(fov, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return set()
+    return {r["output"] for r in rows if r.get("output")}
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
-    from eyefuse.data.preprocess import preprocess_files
+    for image in args.images:
+        _must_exist(image, "image")
+    cfg = _preprocess_config(args)
+    from eyefuse.data.preprocess import FAILED_CSV_HEADER, FOV_CSV_HEADER, output_names, preprocess_files
 
-    summary = preprocess_files(args.images, args.out, _preprocess_config(args))
+    # The lists `eyefuse preprocess` writes beside the PNGs, by their headers (an earlier run's lists
+    # may be replaced; a user's file of the same name may not).
+    own_lists = {"fov.csv": FOV_CSV_HEADER, "failed.csv": FAILED_CSV_HEADER}
+
+    out: Path = args.out
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: not a folder")
+    earlier = _preprocess_outputs_of_earlier_run(out)
+    unique = list(dict.fromkeys(Path(os.path.abspath(p)) for p in args.images))
+    targets = [out / name for name in output_names(unique)] + [out / "fov.csv", out / "failed.csv"]
+    for target in targets:
+        _refuse_overwrite(
+            target,
+            args.images,
+            option="--out: output",
+            overwrite=args.overwrite,
+            ours=lambda t: t.name in earlier or _has_header(t, own_lists.get(t.name, ())),
+        )
+    summary = preprocess_files(args.images, out, cfg)
     print(summary)
-    return 1 if summary.failed and not summary.written else 0
+    if not summary.written:
+        return EXIT_USAGE  # nothing could be used at all
+    return EXIT_PARTIAL if summary.failed else EXIT_OK
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from eyefuse.data.prepare import prepare_dataset
+    _must_exist(args.data, "--data")
+    cfg = _preprocess_config(args)
+    from eyefuse.data.prepare import default_cache_dir, prepare_dataset
+    from eyefuse.utils.io import writable_dir_problem
 
+    cache = args.cache_dir or default_cache_dir(args.data)
+    problem = writable_dir_problem(cache)
+    if problem:
+        raise ConfigError(
+            f"cannot write the preprocessing cache {cache} ({problem}): choose a writable folder "
+            "with --cache-dir DIR"
+        )
     summary = prepare_dataset(
         args.data,
-        _preprocess_config(args),
+        cfg,
         cache_dir=args.cache_dir,
         workers=args.workers,
         problem_images=args.problem_images,
         progress=not args.no_progress,
     )
     print(summary)
-    return 0
+    return EXIT_OK
 
 
 def cmd_split(args: argparse.Namespace) -> int:
+    _must_exist(args.data, "--data")
     from eyefuse.data.splits import split_dataset
 
     summary = split_dataset(
@@ -84,31 +243,50 @@ def cmd_split(args: argparse.Namespace) -> int:
         val_fraction=args.val_fraction,
         seed=args.seed,
         problem_images=args.problem_images,
+        test_fraction=args.test_fraction,
     )
     print(summary)
-    return 0
+    return EXIT_OK
 
 
 # --- model and training commands ---------------------------------------------------------------
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from eyefuse.models import describe_models
+    from eyefuse.config import describe_models  # the light registry: no torch, no timm
 
     print(describe_models())
-    return 0
+    return EXIT_OK
+
+
+def _print_calibration(run_dir: Path) -> None:
+    """The calibration fitted at the end of training, with its warnings (a temperature at its
+    search bound, a class without validation positives), so that they are seen, not only stored."""
+    meta_file = run_dir / "best" / "meta.json"
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    warnings = meta.get("calibration_warnings") or []
+    if meta.get("thresholds") is not None:
+        print(f"calibration: thresholds and temperatures fitted on the validation split ({meta_file.parent})")
+    for w in warnings:
+        print(f"calibration warning: {w}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from eyefuse.config import load_config
-    from eyefuse.train.engine import fit, prepare_resume
+    from eyefuse.config import load_config, resume_config
 
+    _must_exist(args.data, "--data")
+    _must_exist(args.weights, "--weights", "file")
+    _must_exist(args.split, "--split", "file")
     if args.resume:
-        if args.config or args.out or args.weights:
+        if args.config or args.out or args.weights or args.split:
             raise EyefuseError(
-                "--resume RUN takes the run's own config and folder: drop --config/--out/--weights"
+                "--resume RUN takes the run's own config, folder and split: "
+                "drop --config/--out/--weights/--split"
             )
-        cfg = prepare_resume(args.resume, args.set)
+        cfg = resume_config(args.resume, args.set)
         if args.data:
             cfg.data.root = str(Path(args.data).resolve())
         run_dir = args.resume
@@ -120,24 +298,44 @@ def cmd_train(args: argparse.Namespace) -> int:
             cfg.data.root = str(Path(args.data).resolve())
         if args.weights:
             cfg.model.weights = str(Path(args.weights).resolve())
+        if args.split:
+            cfg.data.split_file = str(Path(args.split).resolve())
+        if not cfg.data.root:
+            raise ConfigError("no dataset: pass --data DIR (or set data.root)")
+        _must_exist(cfg.data.root, "data.root")
+        if cfg.data.split_file:
+            _must_exist(cfg.data.split_file, "data.split_file", "file")
         run_dir = args.out
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"--out {run_dir}: exists and is not a folder")
+        if (run_dir / "last").exists():
+            raise ConfigError(
+                f"{run_dir} already holds a run: use --resume {run_dir}, or choose another --out"
+            )
+    from eyefuse.train.engine import fit
+
     result = fit(cfg, run_dir, resume=bool(args.resume), progress=not args.no_progress)
     if os.environ.get("RANK", "0") == "0":  # torchrun: one summary, from rank 0
         print(result)
-    return 0
+        _print_calibration(Path(run_dir))
+    return EXIT_OK
 
 
 # --- evaluation commands -------------------------------------------------------------------------
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    _must_exist(args.predictions, "--predictions", "file")
+    _must_exist(args.truth, "--truth", "file")
     from eyefuse.eval.score import format_score, score_files
 
     print(format_score(score_files(args.predictions, args.truth), as_json=args.json))
-    return 0
+    return EXIT_OK
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    _must_exist(args.run, "--run")
+    _must_exist(args.data, "--data")
     from eyefuse.eval.evaluate import run_evaluate
 
     summary = run_evaluate(
@@ -151,15 +349,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(summary)
-    return 0
+    return EXIT_OK
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
+    _must_exist(args.data, "--data")
     from eyefuse.eval.ablation import run_ablation
 
     summary = run_ablation(args.data, args.grid, args.out, extra_set=args.set, progress=not args.no_progress)
     print(summary)
-    return 0
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -173,17 +372,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
         max_side=args.max_side,
         mix=args.mix,
         compare_single=args.compare_single,
+        seeds=args.seeds,
         overrides=args.set,
         progress=not args.no_progress,
     )
     print(summary)
-    return 0
+    return EXIT_OK
 
 
 # --- inference commands --------------------------------------------------------------------------
 
 
+def _check_checkpoint(path: str) -> None:
+    _must_exist(path, "--checkpoint")
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
+    _check_checkpoint(args.checkpoint)
+    given = [
+        n
+        for n, v in (("--left/--right", args.left or args.right), ("--csv", args.csv), ("--dir", args.dir))
+        if v
+    ]
+    if len(given) != 1:
+        raise ConfigError(
+            "give exactly one input: --left L --right R, --csv FILE or --dir FOLDER"
+            + (f" (got {', '.join(given)})" if given else "")
+        )
+    _must_exist(args.left, "--left", "file")
+    _must_exist(args.right, "--right", "file")
+    _must_exist(args.csv, "--csv", "file")
+    _must_exist(args.dir, "--dir", "dir")
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, not {args.batch_size}")
+    if args.out is not None:
+        if args.out.suffix.lower() not in (".json", ".csv"):
+            raise ConfigError(f"--out {args.out}: choose a .json or .csv file name")
+        inputs = [p for p in (args.left, args.right, args.csv, Path(args.checkpoint)) if p is not None]
+        if args.csv is not None:
+            inputs += _csv_image_paths(args.csv)
+        if args.dir is not None:
+            inputs += [p for p in args.dir.iterdir() if p.is_file()]
+        _refuse_overwrite(
+            args.out, inputs, option="--out", overwrite=args.overwrite, ours=_is_prediction_file
+        )
     from eyefuse.serve.predict import run_predict
 
     summary = run_predict(
@@ -198,27 +430,51 @@ def cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
     )
     print(summary)
-    return 0
+    counts = summary.counts
+    if counts["predicted"] == 0:
+        return EXIT_USAGE  # nothing could be predicted: no usable photograph at all
+    unusable_eye = any("unusable" in w for p in summary.predictions if not p.failed for w in p.warnings)
+    return EXIT_PARTIAL if counts["failed"] or unusable_eye else EXIT_OK
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    _check_checkpoint(args.checkpoint)
+    if args.left is None and args.right is None:
+        raise ConfigError("give --left and/or --right")
+    _must_exist(args.left, "--left", "file")
+    _must_exist(args.right, "--right", "file")
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out}: not a folder")
     from eyefuse.serve.explain import run_explain
 
+    print("loading the model and computing Grad-CAM for each eye ...", flush=True)
     summary = run_explain(
         args.checkpoint, args.left, args.right, args.out, args.labels, device=args.device, layer=args.layer
     )
     print(summary)
-    return 0
+    return EXIT_OK
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    _check_checkpoint(args.checkpoint)
+    if args.out.suffix.lower() != ".onnx":
+        raise ConfigError(f"--out {args.out}: choose a file name ending in .onnx")
     from eyefuse.serve.export import export_onnx
 
+    print(
+        f"exporting to {args.out}"
+        + ("" if args.no_check else ", then checking ONNX Runtime against PyTorch")
+        + " ...",
+        flush=True,
+    )
     print(export_onnx(args.checkpoint, args.out, opset=args.opset, check=not args.no_check))
-    return 0
+    return EXIT_OK
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    _check_checkpoint(args.checkpoint)
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be between 0 and 65535, not {args.port}")
     from eyefuse.serve.app import serve
 
     serve(
@@ -229,27 +485,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_concurrency=args.max_concurrency,
         device=args.device,
         queue_timeout_s=args.queue_timeout,
+        allowed_hosts=args.allowed_hosts.split(",") if args.allowed_hosts else None,
     )
-    return 0
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eyefuse",
         description="Binocular multi-label fundus classification (ODIR-5K labels N D G C A H M O).",
+        epilog="Exit status: 0 all done; 1 some patients or images failed (the rest written); "
+        "2 bad input or usage (one line on stderr).",
     )
     parser.add_argument("--version", action="version", version=f"eyefuse {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser(
-        "synth", help="write a synthetic ODIR-format dataset (challenge layout + off-site test)"
-    )
+    def add(name: str, help: str, func: Handler) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help, formatter_class=_Formatter)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("synth", "write a synthetic ODIR-format dataset (challenge layout + off-site test)", cmd_synth)
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--patients", type=int, default=300, help="training patients (default %(default)s)")
+    p.add_argument("--patients", type=int, default=300, help="training patients")
     p.add_argument(
         "--test-patients", type=int, default=None, help="off-site test patients (default patients/5)"
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the annotations and images")
     p.add_argument(
         "--max-side",
         type=int,
@@ -262,62 +524,87 @@ def build_parser() -> argparse.ArgumentParser:
         default="odir",
         help="first diagnoses in ODIR-5K's proportions (default) or with the five rare labels twice as often",
     )
-    p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("preprocess", help="preprocess photographs to PNG (+ fov.csv)")
+    p = add("preprocess", "preprocess photographs to PNG (+ fov.csv, failed.csv)", cmd_preprocess)
     p.add_argument("images", nargs="+", type=Path, help="fundus photographs")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder (never one of the inputs' files)")
     _add_preprocess_options(p)
-    p.set_defaults(func=cmd_preprocess)
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace files in --out that eyefuse did not write"
+    )
 
-    problem_help = "the 16 images whose background the hospital altered: exclude (default) or keep"
-    p = sub.add_parser("prepare", help="preprocess a whole dataset once into the cache; check labels")
+    problem_help = "the 16 images whose background the hospital altered: exclude or keep"
+    p = add("prepare", "preprocess a whole dataset once into the cache; check labels", cmd_prepare)
     p.add_argument(
         "--data", required=True, help="dataset folder or annotation file (format found automatically)"
     )
     _add_preprocess_options(p)
     p.add_argument(
-        "--cache-dir", type=Path, default=None, help="cache folder (default <data>/.eyefuse-cache)"
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="cache folder (default <data>/.eyefuse-cache; give one when the dataset folder is read-only)",
     )
-    p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=0, help="processes (default 0: all cores)")
     p.add_argument("--problem-images", choices=("exclude", "keep"), default="exclude", help=problem_help)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("split", help="patient-level multi-label stratified train/val split")
+    p = add(
+        "split",
+        "patient-level multi-label stratified split; writes patient_id,source,split "
+        "(use it with `eyefuse train --split FILE`)",
+        cmd_split,
+    )
     p.add_argument("--data", required=True, help="dataset folder or annotation file")
-    p.add_argument("--out", type=Path, required=True, help="CSV to write (patient_id,split)")
-    p.add_argument("--val-fraction", type=float, default=0.15)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, required=True, help="CSV to write: patient_id,source,split")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.15, help="share of the training pool for validation"
+    )
+    p.add_argument(
+        "--test-fraction",
+        type=float,
+        default=None,
+        help="share of the training pool held out as 'test' (default 0.15 when the dataset has no "
+        "official test set; must be 0 when it has one, whose off-site/on-site sets are the tests)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the stratification")
     p.add_argument("--problem-images", choices=("exclude", "keep"), default="exclude", help=problem_help)
-    p.set_defaults(func=cmd_split)
 
-    p = sub.add_parser("models", help="list backbones, attention types, fusions, heads and config presets")
-    p.set_defaults(func=cmd_models)
+    add("models", "list backbones, attention types, fusions, heads and config presets", cmd_models)
 
-    p = sub.add_parser("train", help="train a binocular model (resumable; torchrun for several GPUs)")
-    p.add_argument("--data", help="dataset folder or annotation file")
+    p = add("train", "train a binocular model (resumable; torchrun for several GPUs)", cmd_train)
+    p.add_argument("--data", help="dataset folder or annotation file (default: data.root of the config)")
     p.add_argument("--config", help="preset name (paper, strong, demo) or YAML file (default demo)")
-    p.add_argument("--out", type=Path, help="run folder to create")
+    p.add_argument("--out", type=Path, help="run folder to create (required unless --resume)")
+    p.add_argument(
+        "--split",
+        type=Path,
+        help="split CSV written by `eyefuse split` (default: a new stratified split, saved in the run)",
+    )
     p.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a config key, e.g. train.epochs=40",
+        help="override a config key, e.g. train.epochs=40 (repeatable; default: none)",
     )
-    p.add_argument("--weights", help="local backbone weights (safetensors, or a torchvision/timm state dict)")
+    p.add_argument(
+        "--weights",
+        help="local backbone weights (safetensors, or a torchvision/timm state dict; default: none)",
+    )
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue a killed or finished run in RUN")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser(
-        "evaluate", help="evaluate a checkpoint on a split: metrics with CIs, report, submission"
+    p = add(
+        "evaluate", "evaluate a checkpoint on a split: metrics with CIs, report, submission", cmd_evaluate
     )
     p.add_argument("--run", required=True, help="run folder (uses its best checkpoint) or checkpoint folder")
     p.add_argument("--data", help="dataset (default: the one the run was trained on)")
     p.add_argument(
-        "--split", default="test", help="split to evaluate: test, offsite, onsite, val (default test)"
+        "--split",
+        default=None,
+        help="split to evaluate: test, offsite, onsite, val, train (default: offsite when the dataset "
+        "has the official off-site test, else the run's test split)",
     )
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument(
@@ -326,28 +613,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow evaluating the split the thresholds were fitted on (the report says so)",
     )
     p.add_argument("--bootstrap", type=int, default=None, help="bootstrap resamples (default: config, 1000)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_evaluate)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("ablate", help="the paper's ablation study as one resumable command")
+    p = add("ablate", "the paper's ablation study as one resumable command", cmd_ablate)
     p.add_argument("--data", required=True, help="dataset folder or annotation file")
     p.add_argument(
         "--grid", default="paper", help="'paper' (one factor at a time around the paper preset) or YAML"
     )
     p.add_argument("--out", type=Path, required=True, help="ablation folder (rerun to resume)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every cell")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_ablate)
-
-    p = sub.add_parser("demo", help="synthesise, prepare, train, calibrate, evaluate and report, end to end")
     p.add_argument(
-        "--out", type=Path, default=Path("demo"), help="demo folder (default demo/; rerun resumes)"
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override for every cell (default: none)",
     )
-    p.add_argument("--patients", type=int, default=400, help="synthetic training patients (default 400)")
-    p.add_argument("--test-patients", type=int, default=100, help="synthetic off-site test patients (100)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-side", type=int, default=None, help="cap synthetic camera resolutions (pixels)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = add("demo", "synthesise, prepare, train, calibrate, evaluate and report, end to end", cmd_demo)
+    p.add_argument("--out", type=Path, default=Path("demo"), help="demo folder (rerun resumes)")
+    p.add_argument("--patients", type=int, default=400, help="synthetic training patients")
+    p.add_argument("--test-patients", type=int, default=100, help="synthetic off-site test patients")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
+    p.add_argument(
+        "--max-side", type=int, default=None, help="cap synthetic camera resolutions (pixels; default 768)"
+    )
     p.add_argument(
         "--mix",
         choices=("odir", "balanced"),
@@ -357,30 +648,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compare-single", action="store_true", help="also train the no-fusion baseline and compare"
     )
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the demo preset")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_demo)
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=3,
+        help="training seeds per model for --compare-single (the comparison averages them)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the demo preset (default: none)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    p = sub.add_parser("score", help="the official ODIR-2019 score of a submission CSV against the truth")
+    p = add("score", "the official ODIR-2019 score of a submission CSV against the truth", cmd_score)
     p.add_argument("--predictions", type=Path, required=True, help="submission CSV: ID,N,D,G,C,A,H,M,O")
     p.add_argument("--truth", type=Path, required=True, help="annotation xlsx/csv with ID and the 8 labels")
     p.add_argument("--json", action="store_true", help="print JSON (kappa, f1, auc, final)")
-    p.set_defaults(func=cmd_score)
 
     ckpt_help = "run folder, checkpoint folder, or exported .onnx file"
-    p = sub.add_parser("predict", help="predict patients: one pair, a CSV of pairs, or a folder")
+    p = add("predict", "predict patients: one pair, a CSV of pairs, or a folder", cmd_predict)
     p.add_argument("--checkpoint", required=True, help=ckpt_help)
-    p.add_argument("--left", type=Path, help="left-eye photograph (one patient)")
+    p.add_argument("--left", type=Path, help="left-eye photograph (one patient; any format Pillow reads)")
     p.add_argument("--right", type=Path, help="right-eye photograph (one patient)")
     p.add_argument("--csv", type=Path, help="CSV with patient_id,left,right")
-    p.add_argument("--dir", type=Path, help="folder of {ID}_left.* / {ID}_right.* photographs")
-    p.add_argument("--out", type=Path, help="output: .json (full) or .csv (official ID,N,...,O)")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--dir", type=Path, help="folder of {ID}_left.* / {ID}_right.* photographs (same formats as --left)"
+    )
+    p.add_argument(
+        "--out", type=Path, help="output: .json (full) or .csv (official ID,N,...,O) (default: print a table)"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --out file that eyefuse did not write"
+    )
+    p.add_argument("--batch-size", type=int, default=8, help="patients per model call")
     p.add_argument("--device", default="cpu", help="cpu or cuda (PyTorch checkpoints)")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_predict)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("explain", help="Grad-CAM per eye for the predicted (or chosen) labels")
+    p = add("explain", "Grad-CAM per eye for the predicted (or chosen) labels", cmd_explain)
     p.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder (PyTorch)")
     p.add_argument("--left", type=Path, help="left-eye photograph")
     p.add_argument("--right", type=Path, help="right-eye photograph")
@@ -392,33 +699,46 @@ def build_parser() -> argparse.ArgumentParser:
         default="last",
         help="Grad-CAM on the backbone's last feature map (default) or the stage before it (twice as fine)",
     )
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=cmd_explain)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
 
-    p = sub.add_parser("export", help="export a checkpoint to ONNX (+ JSON sidecar), checked against PyTorch")
+    p = add("export", "export a checkpoint to ONNX (+ JSON sidecar), checked against PyTorch", cmd_export)
     p.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
     p.add_argument("--out", type=Path, required=True, help="output .onnx file")
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset")
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity check (not advised)")
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser(
-        "serve", help="web service + page: upload two photographs, see probabilities and heatmaps"
-    )
+    p = add("serve", "web service + page: upload two photographs, see probabilities and heatmaps", cmd_serve)
     p.add_argument("--checkpoint", required=True, help=ckpt_help)
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
     )
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port to bind")
+    p.add_argument(
+        "--allowed-hosts",
+        default=None,
+        help="comma-separated Host header names the service answers, '*' for any (default: the names of "
+        "the --host address, e.g. 127.0.0.1,localhost; guards against DNS rebinding)",
+    )
     p.add_argument(
         "--max-upload-mb", type=float, default=20, help="request size limit (default 20 MB; 413 beyond)"
     )
-    p.add_argument("--max-concurrency", type=int, default=2, help="model calls at once (default 2)")
+    p.add_argument("--max-concurrency", type=int, default=2, help="model calls at once")
     p.add_argument("--queue-timeout", type=float, default=60, help="seconds a request may wait (503 after)")
-    p.add_argument("--device", default="cpu")
-    p.set_defaults(func=cmd_serve)
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
 
     return parser
+
+
+def _os_error_line(e: OSError) -> str:
+    """One line for a file-system error: the file and what the system said, with the likely fix."""
+    where = e.filename if e.filename is not None else "a file"
+    what = e.strerror or str(e)
+    hint = ""
+    if e.errno == errno.ENOSPC:
+        hint = ": the disk is full; free space or write elsewhere"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = ": choose a folder you can write (--out, --cache-dir / data.cache_dir)"
+    return f"{where}: {what}{hint}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -428,15 +748,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except EyefuseError as e:
         print(f"eyefuse {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"eyefuse {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # Output piped into `head` and closed early: not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+        return EXIT_OK
+    except OSError as e:
+        # A read-only or full folder, a file removed underneath: the user's to fix, not a bug.
+        print(f"eyefuse {args.command}: error: {_os_error_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
 
+
+__all__ = ["EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "build_parser", "main"]
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -21,6 +21,77 @@ import yaml
 from eyefuse.errors import ConfigError
 
 ENHANCE_CHOICES = ("graham", "clahe", "none")
+#: validation figures that may choose the best checkpoint (`train.select_metric`)
+SELECT_METRICS = ("val_macro_auroc", "val_final", "val_loss")
+
+# The model choices with one line each: the light registry behind `eyefuse models` and config
+# validation, so neither needs torch or timm (importing them takes seconds). The model modules
+# attach their builders to these names (`eyefuse.models.attention.ATTENTION_TYPES`, ...).
+ATTENTION_CHOICES: dict[str, str] = {
+    "none": "no attention (the plain backbone)",
+    "se": "squeeze-excitation channel gate, reduction 16",
+    "eca": "efficient channel attention: 1-D conv across channels, adaptive size",
+    "cbam": "CBAM: channel gate (avg+max MLP) then 7x7 spatial gate over channel mean and max",
+    "residual_attention": (
+        "the paper's block: SE channel gate then 7x7 spatial gate, added residually (x + gamma*x*M)"
+    ),
+}
+PLACEMENT_CHOICES: dict[str, str] = {
+    "last": "one attention module after the last stage (any backbone)",
+    "all": "one attention module in every residual block, before the addition (timm ResNet family only)",
+}
+FUSION_CHOICES: dict[str, str] = {
+    "concat": "pool each eye, concatenate (D = 2C)",
+    "sum": "pool each eye, add (D = C)",
+    "max": "pool each eye, element-wise maximum (D = C)",
+    "mul": "pool each eye, element-wise product (D = C)",
+    "ffm": "the paper's module: cat maps -> conv3x3-BN-ReLU -> conv1x1, x alpha, + eye mean, pool (D = C)",
+    "cross_attention": (
+        "each eye's feature tokens attend to the other eye's (8 heads, 256-d), pool, concatenate (D = 512)"
+    ),
+    "single": "no fusion: classify each eye alone; patient = either eye for diseases, both eyes for N "
+    "(baseline)",
+}
+HEAD_CHOICES: dict[str, str] = {
+    "sigmoid": "independent per-label probabilities (multi-label; BCE, focal or ASL loss)",
+    "softmax": "the paper's softmax over the labels; decisions on softmax / its row maximum, "
+    "rankings (AUROC) on the softmax",
+}
+#: timm names worth starting from, each checked to give a feature map (any timm CNN name works).
+RECOMMENDED_BACKBONES: dict[str, str] = {
+    "resnet50": "the paper's backbone (default); supports attention in every block",
+    "resnet18": "small and fast ResNet, for quick runs and CPUs",
+    "resnet34": "mid-size ResNet",
+    "resnet101": "deeper ResNet",
+    "resnext50_32x4d": "ResNeXt-50; supports attention in every block",
+    "efficientnet_b0": "EfficientNet-B0 (attention placement last)",
+    "efficientnet_b3": "EfficientNet-B3 (attention placement last)",
+    "convnext_tiny": "ConvNeXt-T (attention placement last)",
+}
+
+
+def _section(title: str, rows: dict[str, str]) -> list[str]:
+    width = max(len(k) for k in rows)
+    return [title, *(f"  {k.ljust(width)}  {v}" for k, v in rows.items()), ""]
+
+
+def describe_models() -> str:
+    """The text of `eyefuse models`: backbones, attention types, placements, fusions, heads, presets.
+
+    Built from the light registries above, without importing torch or timm, so that it answers at
+    once; listing timm's own names is left to timm (`timm.list_models('resnet*')`)."""
+    lines = _section(
+        "Backbones (model.backbone): any timm model name that returns a feature map "
+        "(`python -c \"import timm; print(timm.list_models('resnet*'))\"` lists timm's); recommended:",
+        RECOMMENDED_BACKBONES,
+    )
+    lines += _section("Attention (model.attention):", ATTENTION_CHOICES)
+    lines += _section("Attention placement (model.attention_placement):", PLACEMENT_CHOICES)
+    lines += _section("Fusion of both eyes (model.fusion):", FUSION_CHOICES)
+    lines += _section("Heads (model.head):", HEAD_CHOICES)
+    presets = preset_names()
+    lines.append(f"Presets (--config NAME): {', '.join(presets) if presets else '(none installed)'}")
+    return "\n".join(lines)
 
 
 @dataclass
@@ -119,7 +190,11 @@ class TrainConfig:
     ema: bool = False
     ema_decay: float = 0.999
     grad_clip: float = 1.0  #: max gradient norm (0 disables)
-    early_stop_patience: int = 10  #: epochs without a better validation ODIR final score (0 disables)
+    early_stop_patience: int = 10  #: epochs without a better `select_metric` (0 disables)
+    #: validation figure that picks the `best` checkpoint and drives early stopping:
+    #: val_macro_auroc (default: threshold-free, the least noisy on a few hundred patients),
+    #: val_final (the official ODIR final at threshold 0.5) or val_loss (lower is better)
+    select_metric: str = "val_macro_auroc"
     seed: int = 0
     num_workers: int = 2
     gpu_cache: bool = False  #: CUDA: keep the whole uint8 cache on the GPU and augment there
@@ -160,22 +235,62 @@ class Config:
         self.preprocess.validate()
         _choice("data.problem_images", self.data.problem_images, ("exclude", "keep"))
         _choice("augment.flip", self.augment.flip, ("mirror_swap", "none"))
-        _choice("model.attention", self.model.attention, ("none", "se", "cbam", "eca", "residual_attention"))
-        _choice("model.attention_placement", self.model.attention_placement, ("all", "last"))
-        _choice(
-            "model.fusion",
-            self.model.fusion,
-            ("concat", "sum", "max", "mul", "ffm", "cross_attention", "single"),
-        )
-        _choice("model.head", self.model.head, ("sigmoid", "softmax"))
+        _choice("model.attention", self.model.attention, tuple(ATTENTION_CHOICES))
+        _choice("model.attention_placement", self.model.attention_placement, tuple(PLACEMENT_CHOICES))
+        _choice("model.fusion", self.model.fusion, tuple(FUSION_CHOICES))
+        _choice("model.head", self.model.head, tuple(HEAD_CHOICES))
         _choice("loss.name", self.loss.name, ("bce", "focal", "asl"))
         _choice("train.optimizer", self.train.optimizer, ("adamw", "sgd"))
         _choice("train.amp", self.train.amp, ("auto", "bf16", "fp16", "off"))
+        _choice("train.select_metric", self.train.select_metric, SELECT_METRICS)
         _choice("eval.threshold_method", self.eval.threshold_method, ("f1", "youden", "fixed"))
         if not 0.0 < self.data.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), not {self.data.val_fraction}")
         if self.train.epochs < 1 or self.train.batch_size < 1:
             raise ConfigError("train.epochs and train.batch_size must be at least 1")
+        # Ranges of the numbers a user sets with --set: refused here, before a run folder exists,
+        # instead of failing deep inside the optimiser or the seeding with a traceback.
+        t = self.train
+        _range("train.lr", t.lr, low=0.0, low_open=True)
+        _range("train.backbone_lr_mult", t.backbone_lr_mult, low=0.0)
+        _range("train.weight_decay", t.weight_decay, low=0.0)
+        _range("train.momentum", t.momentum, low=0.0, high=1.0, high_open=True)
+        _range("train.warmup_epochs", t.warmup_epochs, low=0.0)
+        _range("train.min_lr_ratio", t.min_lr_ratio, low=0.0, high=1.0)
+        _range("train.ema_decay", t.ema_decay, low=0.0, high=1.0, high_open=True)
+        _range("train.grad_clip", t.grad_clip, low=0.0)
+        _range("train.seed", t.seed, low=0, high=2**32 - 1)
+        _range("train.early_stop_patience", t.early_stop_patience, low=0)
+        _range("train.num_workers", t.num_workers, low=0)
+        _range("train.max_steps_per_epoch", t.max_steps_per_epoch, low=0)
+        _range("data.split_seed", self.data.split_seed, low=0, high=2**32 - 1)
+        _range("data.workers", self.data.workers, low=0)
+        _range("model.drop_rate", self.model.drop_rate, low=0.0, high=1.0, high_open=True)
+        _range("augment.eye_dropout", self.augment.eye_dropout, low=0.0, high=1.0)
+        _range("augment.flip_prob", self.augment.flip_prob, low=0.0, high=1.0)
+        _range("augment.blur_prob", self.augment.blur_prob, low=0.0, high=1.0)
+        _range("augment.scale_min", self.augment.scale_min, low=0.0, high=1.0, low_open=True)
+        _range("loss.aux_weight", self.loss.aux_weight, low=0.0)
+        _range("eval.bootstrap", self.eval.bootstrap, low=0)
+        _range("eval.bootstrap_seed", self.eval.bootstrap_seed, low=0, high=2**32 - 1)
+
+
+def _range(
+    key: str,
+    value: float,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    """Refuse `value` outside [low, high] (an open end excludes the bound), naming the key."""
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high or value != value:  # value != value: NaN
+        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+        hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
+        raise ConfigError(f"{key} must be {' and '.join(x for x in (lo, hi) if x)}, not {value}")
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -201,6 +316,30 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | None = N
         apply_override(cfg, item)
     cfg.validate()
     return cfg
+
+
+#: Keys `--set` may change when a run is resumed: how long or how it trains, not what it trains.
+RESUME_FIXED_KEYS = ("train.seed", "train.batch_size", "train.select_metric")
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The saved config of run folder `run_dir` with `--set` overrides that may change how long or
+    how it trains (train.*, eval.*) but not what it trains (model, data, preprocessing, augmentation,
+    loss, seed, batch size). Light (no torch), so the CLI refuses a wrong resume at once."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"--resume {run_dir}: no such run folder")
+    cfg_file = run_dir / "config.yaml"
+    if not cfg_file.is_file():
+        raise ConfigError(f"--resume {run_dir}: no config.yaml there (is it an eyefuse run folder?)")
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if not key.startswith(("train.", "eval.")) or key in RESUME_FIXED_KEYS:
+            raise ConfigError(
+                f"--set {item!r} cannot change a run being resumed; only train.* (except seed, "
+                "batch_size and select_metric) and eval.* settings may change"
+            )
+    return load_config(str(cfg_file), list(overrides))
 
 
 def _read_yaml_chain(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -336,6 +475,11 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 
 __all__ = [
+    "ATTENTION_CHOICES",
+    "FUSION_CHOICES",
+    "HEAD_CHOICES",
+    "PLACEMENT_CHOICES",
+    "RECOMMENDED_BACKBONES",
     "AugmentConfig",
     "Config",
     "DataConfig",
@@ -346,7 +490,9 @@ __all__ = [
     "TrainConfig",
     "apply_override",
     "config_from_dict",
+    "describe_models",
     "load_config",
     "preset_names",
+    "resume_config",
     "save_config",
 ]

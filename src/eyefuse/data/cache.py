@@ -46,7 +46,8 @@ from eyefuse.utils.io import atomic_open, atomic_write_json
 log = logging.getLogger(__name__)
 
 #: Bump when preprocessing changes its output for the same settings: old entries are then ignored.
-CACHE_FORMAT_VERSION = 2  # 2: even crop side, bilinear under 2x, uint8 Graham downsample
+CACHE_FORMAT_VERSION = 3  # 2: even crop side, bilinear under 2x, uint8 Graham downsample; 3: field of view
+# on source block means with ellipse / cropped / extent fallbacks, large non-JPEG images box-reduced
 #: Temporary files older than this (seconds) are left over by a killed run and removed by `prepare_images`.
 STALE_TMP_SECONDS = 3600.0
 

@@ -19,7 +19,7 @@ Batches need no custom collate function: `torch.utils.data.default_collate` stac
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,18 +50,78 @@ BATCH_KEYS: tuple[str, ...] = (
 )
 
 
-def usable_patients(patients: Sequence[Patient]) -> tuple[list[Patient], list[Patient]]:
-    """Split patients into those with at least one usable eye path and those with none.
+def eye_problem(patient: Patient, side: str, failed: Mapping[str, str] | None = None) -> str | None:
+    """Why `side` of `patient` cannot be used (missing, not a fundus photograph, a known problem
+    image, failed preprocessing), or None when it can. `failed` maps image paths to the reason
+    preprocessing gave (what `prepare_images` / `prepared_loader` found)."""
+    path = patient.eye_path(side)
+    if path is None:
+        if getattr(patient, side, None) is None:
+            return "no photograph"
+        if not getattr(patient, f"{side}_fundus", True):
+            return "not a fundus photograph"
+        if getattr(patient, f"{side}_excluded", False):
+            return "known problem image (excluded)"
+        return "no usable photograph"
+    reason = (failed or {}).get(str(path))
+    if reason is not None:
+        return f"failed preprocessing: {reason}"
+    return None
 
-    Only `patient.eye_path(side)` is checked (no image is read); images that fail to preprocess
-    are found by `eyefuse prepare` and are counted by `PairDataset` at load time. The caller reports
-    how many patients were dropped.
+
+def usable_patients(
+    patients: Sequence[Patient], failed: Mapping[str, str] | None = None
+) -> tuple[list[Patient], list[Patient]]:
+    """Split patients into those with at least one usable eye and those with none.
+
+    Without `failed`, only `patient.eye_path(side)` is checked (no image is read). With `failed`
+    (image path -> reason, from preprocessing), an eye that failed counts as unusable too, so that
+    a patient whose every eye is missing, excluded or failed is set aside before a run starts
+    instead of stopping it in its first epoch. The caller reports how many were set aside
+    (`set_aside_reasons` gives the reason of each).
     """
     kept: list[Patient] = []
     dropped: list[Patient] = []
     for p in patients:
-        (kept if any(p.eye_path(s) is not None for s in SIDES) else dropped).append(p)
+        ok = any(eye_problem(p, s, failed) is None for s in SIDES)
+        (kept if ok else dropped).append(p)
     return kept, dropped
+
+
+def set_aside_reasons(patient: Patient, failed: Mapping[str, str] | None = None) -> str:
+    """One line saying why neither eye of `patient` can be used, e.g. `left: no photograph;
+    right: failed preprocessing: no field of view found`."""
+    return "; ".join(f"{s}: {eye_problem(patient, s, failed) or 'usable'}" for s in SIDES)
+
+
+SET_ASIDE_COLUMNS = ("patient_id", "source", "split", "reason")
+
+
+def write_set_aside(path: str | Path, rows: Sequence[tuple[Patient, str, str]]) -> None:
+    """Write `patient_id,source,split,reason` for every patient set aside, atomically; the header
+    alone when none was, so that a stale list from an earlier run never stays behind."""
+    import csv
+    import io
+
+    from eyefuse.utils.io import atomic_write_text
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(SET_ASIDE_COLUMNS)
+    writer.writerows([p.id, p.source, split, reason] for p, split, reason in rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def describe_set_aside(rows: Sequence[tuple[Patient, str, str]], where: str | Path) -> str:
+    """The summary line for patients set aside: how many per split, the first IDs, and the file."""
+    if not rows:
+        return ""
+    per_split: dict[str, int] = {}
+    for _, split, _ in rows:
+        per_split[split] = per_split.get(split, 0) + 1
+    counts = ", ".join(f"{k} {v}" for k, v in per_split.items())
+    ids = ", ".join(p.id for p, _, _ in rows[:10]) + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
+    return f"set aside {len(rows)} patient(s) without a usable eye ({counts}): {ids}; reasons in {where}"
 
 
 def _default_load_errors() -> tuple[type[BaseException], ...]:
@@ -193,7 +253,7 @@ class PairDataset(Dataset):
                     reasons.append(f"{side}: {reason}")
             raise DataError(
                 f"patient {patient.id}: neither eye can be used ({'; '.join(reasons)}); "
-                "filter patients with usable_patients() and run `eyefuse prepare` before training"
+                "such patients are set aside before a run starts (see set_aside.csv in the run folder)"
             )
         return {
             "left": images[0],
@@ -360,4 +420,14 @@ class TensorCache:
             yield self.batch(order[start : start + batch_size])
 
 
-__all__ = ["BATCH_KEYS", "PairDataset", "TensorCache", "move_batch", "usable_patients"]
+__all__ = [
+    "BATCH_KEYS",
+    "PairDataset",
+    "TensorCache",
+    "describe_set_aside",
+    "eye_problem",
+    "move_batch",
+    "set_aside_reasons",
+    "usable_patients",
+    "write_set_aside",
+]

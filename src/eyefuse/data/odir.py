@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import zipfile
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -72,6 +73,28 @@ ODIR_COLUMNS: tuple[str, ...] = (
     *ODIR_LABELS,
 )
 KAGGLE_COLUMNS: tuple[str, ...] = (*ODIR_COLUMNS, "filename")
+#: The Chinese headers of the OIA-ODIR Chinese annotations and of the authors' test ground truth
+#: (`off_gt.xls`, `on_gt.xlsx`), read as the English columns they stand for.
+ZH_COLUMNS: dict[str, str] = {
+    "编号": "ID",
+    "病人年龄": "Patient Age",
+    "病人性别": "Patient Sex",
+    "左眼眼底图像": "Left-Fundus",
+    "右眼眼底图像": "Right-Fundus",
+    "左眼诊断关键词": "Left-Diagnostic Keywords",
+    "右眼诊断关键词": "Right-Diagnostic Keywords",
+}
+_ZH_SEX = {"女": "Female", "男": "Male"}
+#: Optional `split` column (the one-row-per-patient table of all 5,000 patients): value -> source.
+SPLIT_COLUMN = "split"
+SPLIT_SOURCES: dict[str, str] = {
+    "train": "train",
+    "training": "train",
+    "off-site-test": "offsite",
+    "offsite": "offsite",
+    "on-site-test": "onsite",
+    "onsite": "onsite",
+}
 PAIRED_COLUMNS: tuple[str, ...] = ("patient_id", "left", "right")
 
 CHALLENGE_XLSX = "ODIR-5K_Training_Annotations(Updated)_V2.xlsx"
@@ -240,7 +263,8 @@ class _Table:
     blank_rows: int = 0
 
     def columns(self, expected: Sequence[str]) -> dict[str, int]:
-        """Index of each expected column (case and surrounding whitespace ignored)."""
+        """Index of each expected column (case and surrounding whitespace ignored; a Chinese
+        header of `ZH_COLUMNS` counts as its English column)."""
         found = {_norm_col(h): i for i, h in reversed(list(enumerate(self.header))) if h}
         missing = [c for c in expected if _norm_col(c) not in found]
         if missing:
@@ -252,14 +276,38 @@ class _Table:
                 row=1,
                 column=missing[0],
             )
-        dup = [c for c in expected if sum(_norm_col(h) == _norm_col(c) for h in self.header) > 1]
+        dup = [c for c in expected if sum(_norm_col(h) == _norm_col(c) for h in self.header if h) > 1]
         if dup:
             raise DataError(f"column {dup[0]!r} appears more than once in the header", file=self.path, row=1)
         return {c: found[_norm_col(c)] for c in expected}
 
 
 def _norm_col(name: object) -> str:
-    return " ".join(str(name).split()).casefold()
+    """A column name for matching: whitespace collapsed, case folded, Chinese header translated."""
+    text = " ".join(str(name).split())
+    return ZH_COLUMNS.get(text, text).casefold()
+
+
+#: File kinds told apart by their first bytes (files are recognised by content, not extension:
+#: the authors' `off_gt.xls` is an xlsx workbook).
+_XLSX_MAGIC = b"PK\x03\x04"
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+
+
+def table_kind(path: str | os.PathLike[str]) -> str:
+    """The kind of a table file, from its first bytes: "xlsx" (a zip workbook, whatever its
+    extension), "xls" (an old binary Excel file, which is not supported) or "csv" (text, whatever
+    its extension: a CSV exported as .xls is read).
+
+    A file named .xlsx that is neither stays "xlsx", so that the reader says it cannot read it.
+    """
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(_XLSX_MAGIC):
+        return "xlsx"
+    if head.startswith(_OLE_MAGIC):
+        return "xls"
+    return "xlsx" if Path(path).suffix.lower() in (".xlsx", ".xlsm") else "csv"
 
 
 def cell_text(value: Any) -> str:
@@ -275,20 +323,20 @@ def cell_text(value: Any) -> str:
 
 
 def read_table(path: str | os.PathLike[str]) -> _Table:
-    """Read the first sheet of an .xlsx file or a UTF-8 CSV. Raises DataError for an empty,
-    unreadable or header-less file."""
+    """Read the first sheet of an xlsx workbook or a UTF-8 CSV, told apart by content (see
+    `table_kind`). Raises DataError for an empty, unreadable or header-less file."""
     path = Path(path)
     if not path.is_file():
         raise DataError("file does not exist", file=path)
     if path.stat().st_size == 0:
         raise DataError("file is empty", file=path)
-    suffix = path.suffix.lower()
-    if suffix == ".xlsx":
+    kind = table_kind(path)
+    if kind == "xlsx":
         raw = _read_xlsx_rows(path)
-    elif suffix == ".csv":
+    elif kind == "csv":
         raw = _read_csv_rows(path)
     else:
-        raise DataError("unsupported annotation file type (expected .xlsx or .csv)", file=path)
+        raise DataError(_OLD_XLS, file=path)
     header: list[str] | None = None
     rows: list[tuple[int, list[Any]]] = []
     blank = 0
@@ -310,20 +358,27 @@ def read_table(path: str | os.PathLike[str]) -> _Table:
     return _Table(path=path, header=header, rows=rows, blank_rows=blank)
 
 
+_OLD_XLS = "an old binary Excel (.xls) file is not supported; save it as .xlsx or .csv"
+
+
 def _read_xlsx_rows(path: Path) -> list[tuple[int, list[Any]]]:
     import openpyxl
     from openpyxl.utils.exceptions import InvalidFileException
 
-    try:
-        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
-    except (InvalidFileException, zipfile.BadZipFile, KeyError, OSError, ValueError) as e:
-        raise DataError(f"cannot read spreadsheet ({type(e).__name__}: {e})", file=path) from None
-    try:
-        if not wb.worksheets:
-            raise DataError("spreadsheet has no sheets", file=path)
-        return [(i, list(r)) for i, r in enumerate(wb.worksheets[0].iter_rows(values_only=True), start=1)]
-    finally:
-        wb.close()
+    # Opened as a file object: openpyxl refuses a path whose extension is not .xlsx, and the
+    # authors' ground truth is an xlsx workbook named .xls.
+    with open(path, "rb") as f:
+        try:
+            wb = openpyxl.load_workbook(f, read_only=True, data_only=True)
+        except (InvalidFileException, zipfile.BadZipFile, KeyError, OSError, ValueError) as e:
+            raise DataError(f"cannot read spreadsheet ({type(e).__name__}: {e})", file=path) from None
+        try:
+            if not wb.worksheets:
+                raise DataError("spreadsheet has no sheets", file=path)
+            rows = wb.worksheets[0].iter_rows(values_only=True)
+            return [(i, list(r)) for i, r in enumerate(rows, start=1)]
+        finally:
+            wb.close()
 
 
 def _read_csv_rows(path: Path) -> list[tuple[int, list[Any]]]:
@@ -340,17 +395,21 @@ def _read_csv_rows(path: Path) -> list[tuple[int, list[Any]]]:
 def _peek_header(path: Path) -> list[str]:
     """Normalised header of a table, or [] when it cannot be read (for format detection only)."""
     try:
-        if path.suffix.lower() == ".csv":
+        kind = table_kind(path)
+        if kind == "csv":
             with open(path, encoding="utf-8-sig", newline="") as f:
                 first = next(csv.reader(f), [])
-        else:
+        elif kind == "xlsx":
             import openpyxl
 
-            wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
-            try:
-                first = list(next(wb.worksheets[0].iter_rows(values_only=True), ()))
-            finally:
-                wb.close()
+            with open(path, "rb") as fb:
+                wb = openpyxl.load_workbook(fb, read_only=True, data_only=True)
+                try:
+                    first = list(next(wb.worksheets[0].iter_rows(values_only=True), ()))
+                finally:
+                    wb.close()
+        else:
+            return []
     except Exception:  # any unreadable file simply is not this format; read_table reports why
         return []
     return [_norm_col(cell_text(c)) for c in first]
@@ -410,6 +469,24 @@ class _OdirRow:
     keywords: dict[str, str]
     labels: np.ndarray
     cells: dict[str, str]  # every ODIR column as text, for the Kaggle agreement check
+    source: str | None = None  # from an optional `split` column
+
+
+def _row_source(table: _Table, row: int, cells: list[Any]) -> str | None:
+    """The source a `split` cell names (None when the table has no such column)."""
+    idx = [i for i, h in enumerate(table.header) if _norm_col(h) == SPLIT_COLUMN]
+    if not idx:
+        return None
+    text = cell_text(cells[idx[0]])
+    source = SPLIT_SOURCES.get(text.lower())
+    if source is None:
+        raise DataError(
+            f"split {text!r} is not one of {', '.join(SPLIT_SOURCES)}",
+            file=table.path,
+            row=row,
+            column="split",
+        )
+    return source
 
 
 def _odir_rows(table: _Table, extra: Sequence[str] = ()) -> list[_OdirRow]:
@@ -434,7 +511,7 @@ def _odir_rows(table: _Table, extra: Sequence[str] = ()) -> list[_OdirRow]:
                 row=number,
                 id=pid,
                 age=_parse_age(cells[cols["Patient Age"]], table, number, "Patient Age"),
-                sex=text["Patient Sex"] or None,
+                sex=_ZH_SEX.get(text["Patient Sex"], text["Patient Sex"]) or None,
                 fundus=fundus,
                 keywords={
                     "left": text["Left-Diagnostic Keywords"],
@@ -442,6 +519,7 @@ def _odir_rows(table: _Table, extra: Sequence[str] = ()) -> list[_OdirRow]:
                 },
                 labels=labels,
                 cells=text,
+                source=_row_source(table, number, cells),
             )
         )
     return out
@@ -608,17 +686,22 @@ def _load_odir_table(
             if check_images and not files.exists(path):
                 missing.add(annotation, r.row, col, path)
             paths[side] = path
-        patients.append(_odir_patient(r, paths, source))
+        patients.append(_odir_patient(r, paths, r.source or source))
     missing.raise_if_any()
-    notes.insert(0, f"{source}: {len(patients)} patients from {annotation.name}, images in {image_dir}")
+    counts = Counter(p.source for p in patients) or Counter({source: 0})
+    notes[:0] = [
+        f"{s}: {n} patients from {annotation.name}, images in {image_dir}" for s, n in counts.items()
+    ]
     return _Loaded(patients, [annotation], notes)
 
 
 def _oia_annotation(split_dir: Path) -> Path:
     ann_dir = split_dir / "Annotation"
-    candidates = sorted(p for p in ann_dir.glob("*.xlsx") if not _is_lock_or_hidden(p))
+    candidates = sorted(
+        p for p in ann_dir.iterdir() if p.suffix.lower() in (".xlsx", ".xls") and not _is_lock_or_hidden(p)
+    )
     if not candidates:
-        raise DataError(f"no annotation .xlsx in {ann_dir}", file=split_dir)
+        raise DataError(f"no annotation .xlsx / .xls in {ann_dir}", file=split_dir)
     if len(candidates) == 1:
         return candidates[0]
     english = [p for p in candidates if "english" in p.name.lower()]
@@ -629,6 +712,24 @@ def _oia_annotation(split_dir: Path) -> Path:
         "of them as the data path",
         file=split_dir,
     )
+
+
+#: Names of a test set's annotation given on its own: "off-site ...", "Off-site Test Set",
+#: the authors' `off_gt.xls` / `on_gt.xlsx`.
+_TEST_NAMES = (
+    ("offsite", re.compile(r"(?<![a-z])off[-_ ]?(site|gt|test)")),
+    ("onsite", re.compile(r"(?<![a-z])on[-_ ]?(site|gt|test)")),
+)
+
+
+def _table_source(annotation: Path) -> str:
+    """Source of a challenge-format table given on its own: a test set by its name, else train
+    (a `split` column, where present, decides per row)."""
+    name = annotation.name.lower()
+    for source, pattern in _TEST_NAMES:
+        if pattern.search(name):
+            return source
+    return "train"
 
 
 def _oia_source(split_dir: Path, annotation: Path) -> str:
@@ -812,6 +913,8 @@ class _Found:
     oia_split: Path | None = None  # an OIA split folder given on its own
 
 
+#: Extensions of annotation tables looked at in a folder (the content decides how each is read).
+_TABLE_SUFFIXES = (".csv", ".xlsx", ".xls")
 _LOOKED_FOR = (
     f"{CHALLENGE_XLSX} (or another .xlsx with the ODIR columns), "
     f"'Training Set/Annotation/*.xlsx' (OIA-ODIR), an 'Annotation/' + 'Images/' split folder, "
@@ -821,12 +924,17 @@ _LOOKED_FOR = (
 
 def _detect_file(path: Path) -> _Found:
     suffix = path.suffix.lower()
-    if suffix == ".xlsx":
+    if path.stat().st_size == 0:
+        raise DataError("file is empty", file=path)
+    kind = table_kind(path)
+    if kind == "xls":
+        raise DataError(_OLD_XLS, file=path)
+    if kind == "xlsx":
         parent = path.parent
         if parent.name.lower() == "annotation" and (parent.parent / "Images").is_dir():
             return _Found("oia", parent.parent.parent, annotation=path, oia_split=parent.parent)
         return _Found("challenge", parent, annotation=path)
-    if suffix == ".csv":
+    if kind == "csv":
         header = _peek_header(path)
         if header[:3] == list(PAIRED_COLUMNS):
             return _Found("paired_csv", path.parent, annotation=path)
@@ -836,6 +944,11 @@ def _detect_file(path: Path) -> _Found:
             return _Found("challenge", path.parent, annotation=path)
         if path.name == KAGGLE_CSV:
             return _Found("kaggle", path.parent, annotation=path)  # read_table names the bad columns
+        if suffix not in _TABLE_SUFFIXES:
+            # Any text file reads as "CSV": without a known header or extension it is not a table.
+            raise DataError(
+                f"unknown dataset file type {suffix or '(none)'}; expected one of: {_LOOKED_FOR}", file=path
+            )
         raise DataError(
             f"unknown CSV format: expected the Kaggle columns ({', '.join(KAGGLE_COLUMNS)}), the ODIR "
             f"columns, or a header starting {','.join(PAIRED_COLUMNS)}; found "
@@ -843,11 +956,6 @@ def _detect_file(path: Path) -> _Found:
             file=path,
             row=1,
         )
-    if suffix == ".xls":
-        raise DataError("old .xls spreadsheets are not supported; save it as .xlsx", file=path)
-    raise DataError(
-        f"unknown dataset file type {suffix or '(none)'}; expected one of: {_LOOKED_FOR}", file=path
-    )
 
 
 def _detect_dir(d: Path) -> _Found | None:
@@ -872,14 +980,15 @@ def _detect_dir(d: Path) -> _Found | None:
     tables = sorted(
         p
         for p in d.iterdir()
-        if p.suffix.lower() in (".csv", ".xlsx") and p.is_file() and not _is_lock_or_hidden(p)
+        if p.suffix.lower() in _TABLE_SUFFIXES and p.is_file() and not _is_lock_or_hidden(p)
     )
     matches: list[_Found] = []
     for p in tables:
         header = _peek_header(p)
-        if p.suffix.lower() == ".csv" and header[:3] == list(PAIRED_COLUMNS):
+        is_csv = table_kind(p) == "csv"
+        if is_csv and header[:3] == list(PAIRED_COLUMNS):
             matches.append(_Found("paired_csv", d, annotation=p))
-        elif p.suffix.lower() == ".csv" and _has_columns(header, KAGGLE_COLUMNS):
+        elif is_csv and _has_columns(header, KAGGLE_COLUMNS):
             matches.append(_Found("kaggle", d, annotation=p))
         elif _has_columns(header, ODIR_COLUMNS):
             matches.append(_Found("challenge", d, annotation=p))
@@ -953,7 +1062,8 @@ def load_dataset(
     elif found.format == "challenge":
         assert found.annotation is not None
         root = found.root
-        loaded = _load_odir_table(found.annotation, "train", check_images, CHALLENGE_IMAGE_DIRS, root)
+        source = _table_source(found.annotation)
+        loaded = _load_odir_table(found.annotation, source, check_images, CHALLENGE_IMAGE_DIRS, root)
         loaded.extend(_load_test_folders(root, check_images))
         synthetic = _is_synthetic(root)
     elif found.format == "kaggle":
@@ -1010,6 +1120,20 @@ def _apply_problem_images(patients: Sequence[Patient], mode: str) -> list[str]:
 
 def _eye_notes(patients: Sequence[Patient]) -> list[str]:
     notes = []
+    unknown_eyes: list[str] = []
+    unknown_words: Counter[str] = Counter()
+    for p in patients:
+        for side in SIDES:
+            result = keyword_labels(getattr(p, f"{side}_keywords"))
+            if result.fundus and result.unknown:
+                unknown_eyes.append(f"{p.id}_{side}")
+                unknown_words.update(result.unknown)
+    if unknown_eyes:
+        words = ", ".join(f"{k!r} x{n}" for k, n in unknown_words.most_common())
+        notes.append(
+            f"{len(unknown_eyes)} eye(s) have a keyword not in the map ({words}): their per-eye labels "
+            f"are unknown (masked), their patients keep the annotated labels: {_preview(unknown_eyes)}"
+        )
     non_fundus = [f"{p.id}_{s}" for p in patients for s in SIDES if not getattr(p, f"{s}_fundus")]
     if non_fundus:
         notes.append(
@@ -1036,8 +1160,10 @@ def _preview(items: Sequence[str], n: int = 10) -> str:
 class KeywordReport:
     """How well the keyword map reproduces the annotated patient labels.
 
-    A patient is checked when neither eye has an unknown keyword and at least one fundus eye has a
-    deciding keyword; it agrees when the ODIR rule applied to the per-eye keyword labels (union of
+    A patient is checked when neither fundus eye has an unknown keyword and at least one fundus eye
+    has a deciding keyword (an eye with an unknown keyword has unknown per-eye labels; its patient
+    keeps the annotated labels and is counted in `patients_with_unknown` / `eyes_with_unknown`);
+    it agrees when the ODIR rule applied to the per-eye keyword labels (union of
     disease labels, N only if every considered eye is normal) equals the annotated labels.
     """
 
@@ -1052,6 +1178,7 @@ class KeywordReport:
     #: per label: (keywords say 1 but annotation 0, keywords say 0 but annotation 1), checked patients
     label_mismatches: dict[str, tuple[int, int]] = field(default_factory=dict)
     applicable: bool = True
+    eyes_with_unknown: int = 0
 
     @property
     def agreement(self) -> float:
@@ -1061,10 +1188,15 @@ class KeywordReport:
     def __str__(self) -> str:
         if not self.applicable:
             return f"keyword check: not applicable ({self.patients} patients without ODIR keywords/labels)"
+        unknown_eyes = (
+            f" ({self.eyes_with_unknown} eyes: per-eye labels unknown, patient labels as annotated)"
+            if self.eyes_with_unknown
+            else ""
+        )
         lines = [
             f"keyword check: {self.checked} of {self.patients} patients checked, "
             f"{self.agreeing} agree ({self.agreement:.1%})",
-            f"  not checked: {self.patients_with_unknown} with an unknown keyword, "
+            f"  not checked: {self.patients_with_unknown} with an unknown keyword{unknown_eyes}, "
             f"{self.patients_without_keywords} without a deciding keyword; "
             f"non-fundus eyes: {self.non_fundus_eyes}",
         ]
@@ -1090,16 +1222,19 @@ def keyword_report(dataset: Dataset) -> KeywordReport:
     if tuple(dataset.label_names) != ODIR_LABELS or dataset.format == "paired_csv":
         return KeywordReport(len(dataset), 0, 0, [], {}, 0, 0, 0, applicable=False)
     unknown: Counter[str] = Counter()
-    checked = agreeing = with_unknown = without = non_fundus = 0
+    checked = agreeing = with_unknown = without = non_fundus = unknown_eyes = 0
     disagreeing: list[str] = []
     mism = np.zeros((len(ODIR_LABELS), 2), dtype=np.int64)
     for p in dataset.patients:
         results = [keyword_labels(p.left_keywords), keyword_labels(p.right_keywords)]
         non_fundus += sum(not r.fundus for r in results)
-        if any(r.unknown for r in results):
-            for r in results:
+        # An unknown keyword on a non-fundus image changes nothing (that eye gives no labels).
+        unknown_here = [r for r in results if r.fundus and r.unknown]
+        if unknown_here:
+            for r in unknown_here:
                 unknown.update(r.unknown)
             with_unknown += 1
+            unknown_eyes += len(unknown_here)
             continue
         derived = patient_labels_from_eyes(*results)
         if derived is None:
@@ -1123,6 +1258,7 @@ def keyword_report(dataset: Dataset) -> KeywordReport:
         patients_without_keywords=without,
         non_fundus_eyes=non_fundus,
         label_mismatches={lab: (int(a), int(b)) for lab, (a, b) in zip(ODIR_LABELS, mism, strict=True)},
+        eyes_with_unknown=unknown_eyes,
     )
 
 

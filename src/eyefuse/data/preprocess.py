@@ -3,16 +3,19 @@
 `preprocess_image` is called by `eyefuse preprocess`, by the preprocessing cache (training), by
 predict and by the web service, so training and inference see exactly the same pixels:
 
-1. decode (`decode_image`): a large JPEG is decoded at 1/2, 1/4 or 1/8 scale directly from its DCT
-   coefficients, which skips most of the inverse DCT, colour conversion and memory traffic (the
-   entropy decoding remains) and loses nothing once the image is shrunk to the input size anyway;
-2. find the field of view (`find_fov`): the bright circle of the retina on the dark border, fitted
-   robustly (RANSAC + least squares) to the edge of the largest bright region at a small working
-   resolution, ignoring the frame edges where the circle is cut off;
-3. crop the circle's bounding square (+ `margin`), padding with black where the square leaves the
+1. decode (`eyefuse.data.decode.decode_image`): a large JPEG is decoded at 1/2, 1/4 or 1/8 scale
+   directly from its DCT coefficients, which skips most of the inverse DCT, colour conversion and
+   memory traffic (the entropy decoding remains) and loses nothing once the image is shrunk to the
+   input size anyway; other formats are box-averaged by the same factor right after decoding;
+2. find the field of view (`eyefuse.data.fov.find_fov`) on block means of the source whose size
+   depends on the source only, so the same photograph gets the same field of view at every output
+   size: the bright circle of the retina on the dark border, fitted robustly (RANSAC + least
+   squares) to the edge of the largest bright region, ignoring the frame edges where the circle is
+   cut off; when no circle fits, an ellipse, a fundus cropped by the frame, or the region's extent;
+3. crop the field of view's bounding box (+ `margin`), padding with black where it leaves the
    frame, and resize to `size` (anti-aliased when shrinking: `_resize_down`);
 4. enhance (`graham` local contrast, `clahe` on the L channel of Lab, or `none`);
-5. black out everything outside the circle (`mask`).
+5. black out everything outside the field of view (`mask`).
 
 Decisions where the task left room (documented here once):
 
@@ -22,8 +25,16 @@ Decisions where the task left room (documented here once):
 - A JPEG without the end-of-image marker (FFD9) in its last 4 KiB is refused as truncated: libjpeg
   would silently fill the missing rows with grey. Other formats are decoded by Pillow in strict
   mode, which raises on truncation.
-- Images over `MAX_PIXELS` (by header size, before decoding) are refused as decompression bombs;
-  images under `MIN_SIDE` pixels are refused as too small to hold a field of view.
+- Images over `MAX_PIXELS` (25 MP, by header size, before decoding; the largest fundus cameras
+  have about 24 MP) are refused, which bounds one decode's memory; images under `MIN_SIDE` pixels
+  are refused as too small to hold a field of view. libjpeg's "Corrupt JPEG data" warnings are
+  captured, not printed, and returned in `notes` (predict and the service show them as warnings).
+- An ellipse (`FovCircle.radius_y`: a circle whose photograph was resized to another aspect ratio,
+  as in Kaggle's 512 x 512 copies) is mapped to the square input by stretching its bounding box to
+  the square: it becomes a circle again, which undoes the resize, and is masked as one. A
+  photograph cropped to the fundus (method ``cropped``) or known only by its bright region's extent
+  (``extent``) gets the ellipse inscribed in that box as its field of view and mask: the corners
+  of a cut fundus are dropped rather than risk keeping border or labels.
 - 16-bit images are scaled by their full 16-bit range (high byte), never by their content, so that
   the result does not depend on the picture; 32-bit float images are refused. Alpha is dropped
   (not composited); palette images are expanded; multi-frame files use their first frame.
@@ -38,456 +49,56 @@ from __future__ import annotations
 
 import csv
 import functools
-import io
 import math
 import os
-import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
 
 from eyefuse.config import PreprocessConfig
-from eyefuse.errors import ConfigError, EyefuseError
+from eyefuse.data.decode import (
+    _SOURCE_LABEL_ARRAY,
+    MAX_FILE_BYTES,
+    MAX_PIXELS,
+    MIN_SIDE,
+    WORK_SIDE,
+    PreprocessError,
+    _label,
+    decode_image,
+    jpeg_reduction,
+    work_block,
+)
+from eyefuse.data.fov import FOV_MASK_FRACTION, FOV_METHODS, FovCircle, find_fov
+from eyefuse.errors import ConfigError
 from eyefuse.utils.io import atomic_open, atomic_write_bytes
 
-#: Largest image accepted, in pixels (by header size): a guard against decompression bombs.
-MAX_PIXELS = 100_000_000
-#: Smallest accepted image side, in pixels.
-MIN_SIDE = 32
-#: Assumed field-of-view diameter as a fraction of the shorter image side, to choose the JPEG
-#: reduction before the circle is known (cameras fill 85-100 % of it; a cut-off circle more).
-FOV_FILL = 0.9
-#: The JPEG reduction keeps the expected field-of-view diameter at least this many times `target`.
-REDUCE_HEADROOM = 1.15
-#: Longest side of the working image on which the field of view is searched.
-WORK_SIDE = 256
-#: Fraction of the fitted radius kept by the mask (drops the dark fall-off at the rim).
-FOV_MASK_FRACTION = 0.98
-
-_SOURCE_LABEL_BYTES = "<bytes>"
-_SOURCE_LABEL_ARRAY = "<array>"
-
-
-class PreprocessError(EyefuseError):
-    """A photograph cannot be preprocessed; `.path` names it and `.reason` says why."""
-
-    def __init__(self, path: object, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
-
-    def __reduce__(self):  # keep both fields when the error crosses a process boundary
-        return (type(self), (self.path, self.reason))
-
-
-@dataclass(frozen=True)
-class FovCircle:
-    """The field of view: centre and radius in pixels (pixel centres at integer coordinates)."""
-
-    cx: float
-    cy: float
-    radius: float
-
-    def scaled(self, scale: float) -> FovCircle:
-        """The same circle in an image resized by `scale` (new pixels per old pixel)."""
-        return FovCircle((self.cx + 0.5) * scale - 0.5, (self.cy + 0.5) * scale - 0.5, self.radius * scale)
-
-
-# --- decoding -----------------------------------------------------------------------------------
-
-
-def _label(source: object, name: str | None) -> str:
-    if name is not None:
-        return name
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return _SOURCE_LABEL_BYTES
-    return str(source)
-
-
-def _read_bytes(source: Path | str | bytes, label: str) -> bytes:
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return bytes(source)
-    path = Path(source)
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise PreprocessError(label, "file not found") from None
-    except IsADirectoryError:
-        raise PreprocessError(label, "is a directory, not an image file") from None
-    except PermissionError:
-        raise PreprocessError(label, "permission denied") from None
-    except OSError as e:
-        raise PreprocessError(label, f"could not read file ({e.strerror or e})") from None
-
-
-def _is_jpeg(data: bytes) -> bool:
-    return data[:3] == b"\xff\xd8\xff"
-
-
-def _jpeg_complete(data: bytes) -> bool:
-    # FFD9 (end of image) cannot occur inside entropy-coded data (an FF there is always followed by
-    # 00 or a restart marker), so FFD9 near the end means the file was written to the end. The last
-    # 4 KiB are searched to allow padding or a small trailer after the marker.
-    return b"\xff\xd9" in data[-4096:]
-
-
-#: JPEG start-of-frame markers (SOF0-SOF15 less DHT, JPG and DAC, which share the range).
-_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
-
-
-def _jpeg_frame_size(data: bytes) -> tuple[int, int] | None:
-    """Width and height from a JPEG's start-of-frame header, walking the marker segments (a tenth
-    of the time Pillow takes to open the file); None when the header cannot be read this way, and
-    the caller falls back to Pillow. Sizes are before EXIF orientation, which only swaps them."""
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            i += 1
-            continue
-        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # stand-alone markers (no length)
-            i += 2
-            continue
-        if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
-            return None
-        if marker in _JPEG_SOF:
-            if i + 9 > n:
-                return None
-            h = int.from_bytes(data[i + 5 : i + 7], "big")
-            w = int.from_bytes(data[i + 7 : i + 9], "big")
-            return (w, h) if w > 0 and h > 0 else None
-        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
-    return None
-
-
-def _open_header(data: bytes, label: str) -> Image.Image:
-    """Open with Pillow without decoding pixels (size, mode, format, EXIF only)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            return Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as e:
-            raise PreprocessError(label, f"image too large ({e})") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
-            raise PreprocessError(label, "not an image (could not decode)") from None
-
-
-def jpeg_reduction(width: int, height: int, target: int | None) -> int:
-    """The largest DCT reduction (1, 2, 4 or 8) that keeps the expected field-of-view diameter at
-    least `REDUCE_HEADROOM` times `target` pixels; 1 (full decode) when `target` is None."""
-    if target is None:
-        return 1
-    expected_diameter = FOV_FILL * min(width, height)
-    for r in (8, 4, 2):
-        if expected_diameter / r >= REDUCE_HEADROOM * target:
-            return r
-    return 1
-
-
-_REDUCED_FLAGS = {
-    1: cv2.IMREAD_COLOR_RGB,
-    # IMREAD_REDUCED_COLOR_k already includes the BGR colour flag; the grayscale variant + RGB gives
-    # reduced RGB output without a channel swap.
-    2: cv2.IMREAD_REDUCED_GRAYSCALE_2 | cv2.IMREAD_COLOR_RGB,
-    4: cv2.IMREAD_REDUCED_GRAYSCALE_4 | cv2.IMREAD_COLOR_RGB,
-    8: cv2.IMREAD_REDUCED_GRAYSCALE_8 | cv2.IMREAD_COLOR_RGB,
-}
-
-
-def _pil_to_rgb(im: Image.Image, label: str) -> np.ndarray:
-    """Decode a Pillow image strictly and convert any mode to RGB uint8."""
-    try:
-        im.load()
-    except Image.DecompressionBombError as e:
-        raise PreprocessError(label, f"image too large ({e})") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise PreprocessError(label, f"truncated or corrupt image ({e})") from None
-    im = ImageOps.exif_transpose(im) or im
-    mode = im.mode
-    if mode.startswith("I;16") or mode == "I":
-        # 16-bit data: keep the high byte (scale by the full 16-bit range, not by the content).
-        arr = np.clip(np.asarray(im).astype(np.int64), 0, 65535)
-        gray = (arr >> 8).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
-    if mode == "F":
-        raise PreprocessError(label, "unsupported pixel format: 32-bit floating point")
-    try:
-        rgb = im.convert("RGB")
-    except ValueError:
-        try:
-            rgb = im.convert("RGBA").convert("RGB")
-        except ValueError:
-            raise PreprocessError(label, f"unsupported pixel format: {mode}") from None
-    return np.asarray(rgb, dtype=np.uint8).copy()
-
-
-def decode_image(
-    source: Path | str | bytes, target: int | None, *, name: str | None = None
-) -> tuple[np.ndarray, float]:
-    """Decode a photograph to RGB uint8 `H x W x 3`, reduced when the source is much larger.
-
-    Args:
-        source: an image file path, or the file's bytes.
-        target: the field-of-view diameter the caller needs, in pixels (the output size); a JPEG is
-            decoded at the largest 1/2, 1/4 or 1/8 DCT reduction that keeps the expected diameter
-            at least `REDUCE_HEADROOM` x `target`. None decodes at full size.
-        name: how to name the source in errors (default: the path, or ``<bytes>``).
-
-    Returns:
-        The RGB image and its scale factor (decoded pixels per source pixel; 1.0 for a full decode).
-
-    Raises:
-        PreprocessError: empty, unreadable, truncated, too large or too small, not an image.
-    """
-    label = _label(source, name)
-    data = _read_bytes(source, label)
-    if not data:
-        raise PreprocessError(label, "empty file")
-    if _is_jpeg(data) and not _jpeg_complete(data):
-        raise PreprocessError(label, "truncated JPEG (no end-of-image marker)")
-    frame = _jpeg_frame_size(data) if _is_jpeg(data) else None
-    im: Image.Image | None = None
-    if frame is None:
-        im = _open_header(data, label)
-        frame = im.size
-    w, h = frame
-    if w * h > MAX_PIXELS:
-        raise PreprocessError(
-            label,
-            f"image too large ({w} x {h} = {w * h / 1e6:.1f} megapixels; the limit is {MAX_PIXELS / 1e6:g})",
-        )
-    if min(w, h) < MIN_SIDE:
-        raise PreprocessError(label, f"image too small ({w} x {h}; at least {MIN_SIDE} px per side needed)")
-
-    # MPO (multi-picture JPEG, format name from Pillow): the first picture is decoded.
-    if im is None or im.format in ("JPEG", "MPO"):
-        r = jpeg_reduction(w, h, target)
-        decoded = cv2.imdecode(np.frombuffer(data, np.uint8), _REDUCED_FLAGS[r])
-        if decoded is not None and decoded.ndim == 3 and decoded.shape[2] == 3:
-            # DCT scaling maps r x r source pixels onto one output pixel exactly.
-            return decoded, 1.0 / r
-        # libjpeg refused it (rare encodings): let Pillow try at full size, and say why if it fails.
-    if im is None:
-        im = _open_header(data, label)
-    return _pil_to_rgb(im, label), 1.0
-
-
-# --- field of view ------------------------------------------------------------------------------
-
-
-def _median_u8(x: np.ndarray) -> float:
-    """`np.median` of a uint8 array through its histogram (a tenth of the time on small arrays)."""
-    counts = np.bincount(x.ravel(), minlength=256).cumsum()
-    n = int(counts[-1])
-    lo = int(np.searchsorted(counts, (n - 1) // 2, side="right"))  # value at sorted index (n-1)//2
-    hi = int(np.searchsorted(counts, n // 2, side="right"))  # value at sorted index n//2
-    return (lo + hi) / 2.0
-
-
-def _corner_level(lum: np.ndarray) -> float:
-    h, w = lum.shape
-    c = max(2, round(0.04 * min(h, w)))
-    corners = [lum[:c, :c], lum[:c, -c:], lum[-c:, :c], lum[-c:, -c:]]
-    # The median of the four corners ignores one corner with a printed label or a notch.
-    return float(np.median([_median_u8(x) for x in corners]))
-
-
-def _circles_through(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Circumcircles of point triples `p` (K x 3 x 2): centres x, y and radii (NaN if collinear)."""
-    ax, ay = p[:, 0, 0], p[:, 0, 1]
-    bx, by = p[:, 1, 0], p[:, 1, 1]
-    cx, cy = p[:, 2, 0], p[:, 2, 1]
-    d = 2.0 * (ax * (by - cy) + bx * (cy - ay) + cx * (ay - by))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a2, b2, c2 = ax * ax + ay * ay, bx * bx + by * by, cx * cx + cy * cy
-        ux = (a2 * (by - cy) + b2 * (cy - ay) + c2 * (ay - by)) / d
-        uy = (a2 * (cx - bx) + b2 * (ax - cx) + c2 * (bx - ax)) / d
-        r = np.hypot(ax - ux, ay - uy)
-    r[np.abs(d) < 1e-9] = np.nan
-    return ux, uy, r
-
-
-def _fit_circle_lsq(pts: np.ndarray) -> tuple[float, float, float]:
-    """Least-squares circle: algebraic (Kasa) start, then Gauss-Newton on the geometric distance
-    (the algebraic fit alone is biased towards small circles on noisy arcs). Both are solved through
-    their 3 x 3 normal equations, on coordinates centred on the points' mean (well conditioned)."""
-    m = pts.mean(axis=0)
-    q = (pts - m).T  # 2 x N
-    a = np.vstack([q, np.ones(q.shape[1])])  # 3 x N
-    b = -(q * q).sum(axis=0)
-    try:
-        sol = np.linalg.solve(a @ a.T, a @ b)
-    except np.linalg.LinAlgError:  # collinear points: the minimum-norm solution, as lstsq gives
-        sol = np.linalg.lstsq(a.T, b, rcond=None)[0]
-    cx, cy = -sol[0] / 2, -sol[1] / 2
-    r = math.sqrt(max(cx * cx + cy * cy - sol[2], 1e-12))
-    for _ in range(5):
-        dx, dy = q[0] - cx, q[1] - cy
-        dist = np.maximum(np.hypot(dx, dy), 1e-9)
-        # Residual dist - r; its Jacobian is -(dx/dist, dy/dist, 1) per point.
-        jac = np.vstack([dx / dist, dy / dist, a[2]])
-        try:
-            step = np.linalg.solve(jac @ jac.T, jac @ (dist - r))
-        except np.linalg.LinAlgError:  # degenerate (all points in one spot): keep the estimate
-            break
-        cx, cy, r = cx + step[0], cy + step[1], r + step[2]
-        if np.abs(step).max() < 1e-4:
-            break
-    return float(cx + m[0]), float(cy + m[1]), float(abs(r))
-
-
-#: RANSAC draws, fixed once (seed 0) so that the same photograph always gives the same circle:
-#: uniform numbers in [0, 1) that become point indices once the outline's length is known.
-_RANSAC_DRAWS = np.random.default_rng(0).random((128, 3))
-
-
-def _fit_circle_robust(
-    pts: np.ndarray, tol: float, frame: tuple[int, int]
-) -> tuple[float, float, float, float] | None:
-    """RANSAC over point triples, then least squares on the inliers; returns (cx, cy, r, inlier
-    share), or None when no triple gives a plausible circle.
-
-    RANSAC ignores points that are not on the circle: a camera notch, flat chords where a mask cuts
-    the circle, or a dark periphery that dips under the threshold.
-    """
-    h, w = frame
-    n = len(pts)
-    idx = (_RANSAC_DRAWS * n).astype(np.intp)
-    ux, uy, r = _circles_through(pts[idx])
-    plausible = (
-        np.isfinite(r)
-        & (r > 0.1 * min(h, w))
-        & (r < 1.5 * max(h, w))
-        & (ux > -0.25 * w)
-        & (ux < 1.25 * w)
-        & (uy > -0.25 * h)
-        & (uy < 1.25 * h)
-    )
-    if not plausible.any():
-        return None
-    ux, uy, r = ux[plausible], uy[plausible], r[plausible]
-    # Score the candidates on an evenly spaced subset of the outline (K x 256 distances): the inlier
-    # share of a subset estimates that of the whole outline well enough to pick the best candidate.
-    sub = pts[np.linspace(0, n - 1, min(n, 256)).astype(np.intp)]
-    d2 = (sub[None, :, 0] - ux[:, None]) ** 2 + (sub[None, :, 1] - uy[:, None]) ** 2
-    lo, hi = np.maximum(r - tol, 0.0) ** 2, (r + tol) ** 2  # |d - r| < tol without square roots
-    counts = ((d2 > lo[:, None]) & (d2 < hi[:, None])).sum(axis=1)
-    best = int(np.argmax(counts))
-    cx, cy, rad = float(ux[best]), float(uy[best]), float(r[best])
-    for _ in range(2):
-        inl = np.abs(np.hypot(pts[:, 0] - cx, pts[:, 1] - cy) - rad) < tol
-        if inl.sum() < 3:
-            break
-        cx, cy, rad = _fit_circle_lsq(pts[inl])
-    inl = np.abs(np.hypot(pts[:, 0] - cx, pts[:, 1] - cy) - rad) < tol
-    return cx, cy, rad, float(inl.mean())
-
-
-def find_fov(rgb: np.ndarray, *, name: str | None = None) -> FovCircle:
-    """Find the circular field of view of a fundus photograph.
-
-    The brightest channel (robust for dim and strongly tinted photographs) is smoothed at a working
-    resolution of `WORK_SIDE` px and thresholded between the border level (the corners, which lie
-    outside the circle for every camera, even one whose circle is cut at the top and bottom) and the
-    interior level (the centre). A circle is fitted to the outline of the largest bright region,
-    leaving out outline points on the frame edges, where the circle is cut off.
-
-    Args:
-        rgb: RGB uint8 `H x W x 3`.
-        name: how to name the image in errors.
-
-    Returns:
-        The circle in pixel coordinates of `rgb`.
-
-    Raises:
-        PreprocessError: "no field of view found" (uniform, all dark, or no circular bright region).
-    """
-    label = name or _SOURCE_LABEL_ARRAY
-    h, w = rgb.shape[:2]
-    # Point sampling every f-th pixel (at the centre of each f x f block) is ten times faster than
-    # area averaging and, on the already DCT-smoothed decode, as accurate once the circle is fitted
-    # to hundreds of outline points; the median blur below takes care of the noise.
-    f = max(1, math.ceil(max(h, w) / WORK_SIDE))
-    off = f // 2  # working pixel i is decoded pixel i * f + off
-    if f > 1:
-        hs, ws = (h - off) // f, (w - off) // f
-        # Nearest-neighbour resizing by an exact integer factor samples pixel off + i * f: the same
-        # as rgb[off::f, off::f], five times faster than numpy's strided copy.
-        small = cv2.resize(
-            rgb[off : off + hs * f, off : off + ws * f], (ws, hs), interpolation=cv2.INTER_NEAREST
-        )
-    else:
-        small = rgb
-    hs, ws = small.shape[:2]
-    lum = cv2.max(cv2.max(small[..., 0], small[..., 1]), small[..., 2])
-    lum = cv2.medianBlur(lum, 5)  # JPEG noise and specks in the border
-
-    border = _corner_level(lum)
-    centre = _median_u8(lum[hs // 3 : hs - hs // 3, ws // 3 : ws - ws // 3])
-    if centre - border < 8.0:
-        raise PreprocessError(label, "no field of view found (the centre is not brighter than the border)")
-    thr = border + max(0.2 * (centre - border), 4.0)
-    binary = (lum > thr).astype(np.uint8)
-    # Opening cuts thin bridges to printed labels and removes isolated bright pixels.
-    binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
-    if not contours:
-        raise PreprocessError(label, "no field of view found (no bright region)")
-    outline = max(contours, key=cv2.contourArea)
-    area = cv2.contourArea(outline)
-    if area < 0.05 * hs * ws:
-        raise PreprocessError(
-            label,
-            "no field of view found (the largest bright region covers "
-            f"{100 * area / (hs * ws):.1f} % of the frame)",
-        )
-    pts = outline.reshape(-1, 2).astype(np.float64)
-    on_edge = (pts[:, 0] <= 1) | (pts[:, 0] >= ws - 2) | (pts[:, 1] <= 1) | (pts[:, 1] >= hs - 2)
-    pts = pts[~on_edge]
-    if len(pts) < 20:
-        raise PreprocessError(label, "no field of view found (no circular edge inside the frame)")
-    fit = _fit_circle_robust(pts, tol=max(1.5, 0.01 * max(hs, ws)), frame=(hs, ws))
-    if fit is None:
-        raise PreprocessError(label, "no field of view found (the bright region is not circular)")
-    cx, cy, r, share = fit
-    # At least 40 % of the outline must lie on the circle (the rest: notch, chords, dim periphery).
-    if share < 0.4 or not (0 <= cx < ws and 0 <= cy < hs) or r < 0.1 * min(hs, ws):
-        raise PreprocessError(label, "no field of view found (the bright region is not circular)")
-    # The circle must also account for the region's area: a rectangle has a well-fitting inscribed
-    # circle along part of its outline, but is much larger than it.
-    disc = np.zeros((hs, ws), np.uint8)
-    cv2.circle(disc, (round(cx * 16), round(cy * 16)), round(r * 16), 1, -1, cv2.LINE_8, 4)
-    if not 0.5 <= area / max(1, cv2.countNonZero(disc)) <= 1.1:
-        raise PreprocessError(label, "no field of view found (the bright region is not circular)")
-    # The outline runs through the centres of the outermost pixels above the threshold, about a
-    # quarter of a working pixel inside the half-intensity edge (measured on drawn anti-aliased discs).
-    r += 0.25
-    return FovCircle(cx * f + off, cy * f + off, r * f)
-
+#: Headers of the lists `preprocess_files` writes beside its PNGs (the CLI recognises its own
+#: earlier lists by them).
+FOV_CSV_HEADER = ("path", "cx", "cy", "radius", "output", "radius_y", "method")
+FAILED_CSV_HEADER = ("path", "reason")
 
 # --- crop, resize, enhance, mask ----------------------------------------------------------------
 
 
 def _crop_square(
-    rgb: np.ndarray, x0: int, y0: int, side: int
+    rgb: np.ndarray, x0: int, y0: int, side: int, height: int | None = None
 ) -> tuple[np.ndarray, tuple[int, int, int, int]]:
-    """`rgb[y0:y0+side, x0:x0+side]`, padded with black where the square leaves the frame.
+    """`rgb[y0:y0+height, x0:x0+side]` (`height` defaults to `side`), padded with black where the
+    box leaves the frame.
 
     Returns the crop and the box `(left, top, right, bottom)` of real pixels in crop coordinates.
     """
     h, w = rgb.shape[:2]
-    xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
+    side_y = side if height is None else height
+    xa, ya, xb, yb = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side_y, h)
     box = (xa - x0, ya - y0, xb - x0, yb - y0)
     if xa >= xb or ya >= yb:
-        return np.zeros((side, side, 3), np.uint8), (0, 0, 0, 0)
+        return np.zeros((side_y, side, 3), np.uint8), (0, 0, 0, 0)
     crop = rgb[ya:yb, xa:xb]
-    pads = (ya - y0, y0 + side - yb, xa - x0, x0 + side - xb)
+    pads = (ya - y0, y0 + side_y - yb, xa - x0, x0 + side - xb)
     if any(pads):
         crop = cv2.copyMakeBorder(crop, *pads, cv2.BORDER_CONSTANT, value=(0, 0, 0))
     return crop, box
@@ -614,20 +225,35 @@ def check_config(cfg: PreprocessConfig) -> None:
 
 
 def fov_square(fov: FovCircle, cfg: PreprocessConfig) -> tuple[int, int, int]:
-    """The square crop around a field of view, `(x0, y0, side)` in the circle's pixel coordinates:
-    half-side `radius * (1 + margin)` rounded to whole pixels (so the side is even, which lets the
-    resize halve it exactly), possibly reaching beyond the frame (padded black). Shared by
-    preprocessing and by everything that maps source pixels into the model input (lesion masks)."""
+    """The square crop around a circular field of view, `(x0, y0, side)` in the circle's pixel
+    coordinates: half-side `radius * (1 + margin)` rounded to whole pixels (so the side is even,
+    which lets the resize halve it exactly), possibly reaching beyond the frame (padded black).
+    Shared by preprocessing and by everything that maps source pixels into the model input (lesion
+    masks). For an ellipse it is the square of its horizontal semi-axis; `fov_box` is exact."""
     half = max(1, round(fov.radius * (1.0 + cfg.margin)))
     # Pixel x covers [x - 0.5, x + 0.5), so the square spans [x0 - 0.5, x0 + 2 half - 0.5): its
     # middle x0 + half - 0.5 is put within half a pixel of the circle's centre.
     return math.floor(fov.cx + 1.0) - half, math.floor(fov.cy + 1.0) - half, 2 * half
 
 
+def fov_box(fov: FovCircle, cfg: PreprocessConfig) -> tuple[int, int, int, int]:
+    """The crop around a field of view, `(x0, y0, width, height)`: `fov_square` for a circle; for
+    an ellipse its bounding box (+ margin), which preprocessing stretches to the square input, so
+    the ellipse becomes a circle again (undoing the resize that made a circle an ellipse)."""
+    x0, y0, side = fov_square(fov, cfg)
+    if fov.radius_y is None:
+        return x0, y0, side, side
+    half_y = max(1, round(fov.radius_y * (1.0 + cfg.margin)))
+    return x0, math.floor(fov.cy + 1.0) - half_y, side, 2 * half_y
+
+
 def preprocess_array(
-    rgb: np.ndarray, cfg: PreprocessConfig, *, name: str | None = None
+    rgb: np.ndarray, cfg: PreprocessConfig, *, name: str | None = None, scale: float = 1.0
 ) -> tuple[np.ndarray, FovCircle]:
     """Preprocess an already decoded RGB uint8 image (steps 2-5 of the module docstring).
+
+    `scale` is the decoded pixels per source pixel (`decode_image`), so that the field of view is
+    searched on the same block means of the source at every decode reduction.
 
     Returns:
         The model input (RGB uint8 `size x size x 3`) and the field of view in pixel coordinates
@@ -639,23 +265,29 @@ def preprocess_array(
         raise PreprocessError(
             name or _SOURCE_LABEL_ARRAY, f"expected RGB uint8 H x W x 3, got {rgb.dtype} {rgb.shape}"
         )
-    fov = find_fov(rgb, name=name)
-    x0, y0, side = fov_square(fov, cfg)
-    crop, box = _crop_square(rgb, x0, y0, side)
+    fov = find_fov(rgb, name=name, scale=scale)
+    x0, y0, side, side_y = fov_box(fov, cfg)
+    crop, box = _crop_square(rgb, x0, y0, side, side_y)
     size = cfg.size
-    if side > size:
+    if side_y != side:  # an ellipse: stretched back to a circle
+        interp = cv2.INTER_AREA if max(side, side_y) > size else cv2.INTER_CUBIC
+        img = cv2.resize(crop, (size, size), interpolation=interp)
+    elif side > size:
         img = _resize_down(crop, size)
     elif side < size:
         img = cv2.resize(crop, (size, size), interpolation=cv2.INTER_CUBIC)
     else:
         img = np.ascontiguousarray(crop)
 
-    k = size / side
-    ocx, ocy = (fov.cx - x0 + 0.5) * k - 0.5, (fov.cy - y0 + 0.5) * k - 0.5
-    orad = fov.radius * k
+    kx, ky = size / side, size / side_y
+    ocx, ocy = (fov.cx - x0 + 0.5) * kx - 0.5, (fov.cy - y0 + 0.5) * ky - 0.5
+    orad = fov.radius * kx  # = radius_y * ky up to rounding: a circle in the output
     mask = None
     if cfg.mask:
-        mask = _fov_mask(size, ocx, ocy, FOV_MASK_FRACTION * orad, tuple(v * k for v in box))
+        left, top, right, bottom = box
+        mask = _fov_mask(
+            size, ocx, ocy, FOV_MASK_FRACTION * orad, (left * kx, top * ky, right * kx, bottom * ky)
+        )
 
     if cfg.enhance == "graham":
         img = _graham(img, cfg, orad, mask)
@@ -667,7 +299,11 @@ def preprocess_array(
 
 
 def preprocess_image(
-    source: Path | str | bytes, cfg: PreprocessConfig, *, name: str | None = None
+    source: Path | str | bytes,
+    cfg: PreprocessConfig,
+    *,
+    name: str | None = None,
+    notes: list[str] | None = None,
 ) -> tuple[np.ndarray, FovCircle]:
     """Decode, find the field of view, crop, resize, enhance and mask one photograph.
 
@@ -675,6 +311,7 @@ def preprocess_image(
         source: an image file path or the file's bytes.
         cfg: the preprocessing settings (stored in every checkpoint).
         name: how to name the source in errors (default: the path, or ``<bytes>``).
+        notes: if given, receives problems that did not stop preprocessing (corrupt JPEG data).
 
     Returns:
         The model input, RGB uint8 `cfg.size x cfg.size x 3`, and the field-of-view circle in pixel
@@ -685,8 +322,8 @@ def preprocess_image(
     """
     label = _label(source, name)
     check_config(cfg)
-    rgb, scale = decode_image(source, cfg.size, name=label)
-    out, fov = preprocess_array(rgb, cfg, name=label)
+    rgb, scale = decode_image(source, cfg.size, name=label, notes=notes)
+    out, fov = preprocess_array(rgb, cfg, name=label, scale=scale)
     return out, fov.scaled(1.0 / scale)
 
 
@@ -702,6 +339,8 @@ class PreprocessSummary:
     written: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
+    #: `(path, note)` for photographs written despite a problem (corrupt JPEG data).
+    notes: list[tuple[str, str]] = field(default_factory=list)
     size: int = 0
     enhance: str = ""
 
@@ -713,6 +352,11 @@ class PreprocessSummary:
         if self.duplicates:
             shown = ", ".join(self.duplicates[:5])
             lines.append(f"{len(self.duplicates)} duplicate input path(s) processed once: {shown}")
+        if self.notes:
+            lines.append(f"{len(self.notes)} written with a warning:")
+            lines += [f"  {path}: {note}" for path, note in self.notes[:10]]
+            if len(self.notes) > 10:
+                lines.append(f"  ... and {len(self.notes) - 10} more")
         if self.failed:
             lines.append(f"{len(self.failed)} failed (all listed in failed.csv):")
             lines += [f"  {path}: {reason}" for path, reason in self.failed[:10]]
@@ -743,9 +387,10 @@ def preprocess_files(
 ) -> PreprocessSummary:
     """Preprocess photographs to `OUT/<stem>.png` (see `output_names` for equal stems).
 
-    Also writes `OUT/fov.csv` (`path,cx,cy,radius,output`: the circle in source pixels and the PNG
-    written) and `OUT/failed.csv` (`path,reason`; header only when nothing failed, so a stale list
-    from an earlier run is never left behind). A path given twice is processed once and reported.
+    Also writes `OUT/fov.csv` (`path,cx,cy,radius,output,radius_y,method`: the field of view in
+    source pixels, the PNG written, the vertical semi-axis and how it was found) and
+    `OUT/failed.csv` (`path,reason`; header only when nothing failed, so a stale list from an
+    earlier run is never left behind). A path given twice is processed once and reported.
     """
     check_config(cfg)
     out_dir = Path(out_dir)
@@ -763,43 +408,61 @@ def preprocess_files(
         out_dir=out_dir, total=len(unique), duplicates=duplicates, size=cfg.size, enhance=cfg.enhance
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[tuple[str, str, str, str, str]] = []
+    rows: list[tuple[str, ...]] = []
     for path, out_name in zip(unique, output_names(unique), strict=True):
+        notes: list[str] = []
         try:
-            img, fov = preprocess_image(path, cfg)
+            img, fov = preprocess_image(path, cfg, notes=notes)
         except PreprocessError as e:
             summary.failed.append((str(path), e.reason))
             continue
+        summary.notes += [(str(path), note) for note in notes]
         ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
         if not ok:  # pragma: no cover - PNG encoding of a uint8 image does not fail
             raise RuntimeError(f"could not encode {out_name} as PNG")
         atomic_write_bytes(out_dir / out_name, buf.tobytes())
-        rows.append((str(path), f"{fov.cx:.2f}", f"{fov.cy:.2f}", f"{fov.radius:.2f}", out_name))
+        rows.append(
+            (
+                str(path),
+                f"{fov.cx:.2f}",
+                f"{fov.cy:.2f}",
+                f"{fov.radius:.2f}",
+                out_name,
+                f"{fov.ry:.2f}",
+                fov.method,
+            )
+        )
         summary.written += 1
     with atomic_open(out_dir / "fov.csv", "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "cx", "cy", "radius", "output"])
+        writer.writerow(FOV_CSV_HEADER)
         writer.writerows(rows)
     with atomic_open(out_dir / "failed.csv", "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "reason"])
+        writer.writerow(FAILED_CSV_HEADER)
         writer.writerows(summary.failed)
     return summary
 
 
 __all__ = [
     "FOV_MASK_FRACTION",
+    "FOV_METHODS",
+    "MAX_FILE_BYTES",
     "MAX_PIXELS",
     "MIN_SIDE",
+    "WORK_SIDE",
     "FovCircle",
     "PreprocessError",
     "PreprocessSummary",
     "check_config",
     "decode_image",
     "find_fov",
+    "fov_box",
+    "fov_square",
     "jpeg_reduction",
     "output_names",
     "preprocess_array",
     "preprocess_files",
     "preprocess_image",
+    "work_block",
 ]

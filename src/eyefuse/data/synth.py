@@ -20,8 +20,9 @@ left-eye photograph; the macula lies about 2.5 disc diameters temporal to the di
 
 Masks: single-channel uint8 PNGs of the photograph's size. Bit i (value ``1 << i``) is set where a
 sign of label ``ODIR_LABELS[i]`` (order N D G C A H M O) was drawn, so bit 0 (N) is never used;
-D = 2, G = 4, C = 8 (the whole field of view: haze and blur), A = 16, H = 32 (the narrowed arteries
-and nicked veins), M = 64, O = 128. Normal eyes, lens dust and "low image quality" set no bit.
+D = 2, G = 4, C = 8 (the whole field of view: the lens lies in front of all of it), A = 16,
+H = 32 (the narrowed arteries and nicked veins), M = 64, O = 128. Normal eyes, lens dust, haze and
+"low image quality" set no bit.
 
 Cameras: the resolutions of ODIR's cameras (2976x2976, 2592x1728, 1936x1296, 1444x1444, ...), some
 with a circle taller than the frame (cut off at top and bottom), black or dark-grey borders, some
@@ -34,8 +35,18 @@ camera resolution (slow; useful to exercise reduced-scale decoding).
 Signs are drawn at sizes relative to the field of view (the smallest, microaneurysms, are at least
 1/150 of its diameter, so they survive resizing to ~192 px), with nuisance variation that a model
 must see past: fundus pigmentation, exposure, colour cast, vignetting, gamma, sensor noise, JPEG
-quality 85-95, a few degrees of rotation, FOV scale and offset, mild tessellation in some healthy
-eyes, lens dust and low-quality (blurred, dark, noisy) photographs.
+quality 85-95, a few degrees of rotation, FOV scale and offset, lens dust.
+
+No global trait gives a label away (`benchmarks/bench_shortcuts.py` measures it): the continuous
+parameters that differ between healthy and diseased eyes overlap as in real eyes (`EyeParameters`:
+cup-to-disc ratio, artery-to-vein ratio, tortuosity, tessellation, media haze), and the confounders
+of real photographs are drawn in eyes without the disease: haze and blur in most eyes (age, small
+pupil, defocus; strong in "low image quality" photographs, which may also show a small pupil's dark
+crescent), mild tessellation, nerve-fibre sheen. What decides a label is a local sign: lens spokes
+for C, rim and disc haemorrhages besides the cup for G, nicking and haemorrhages for H, pigment
+clumps, atrophy or a membrane with the drusen for A (isolated drusen are O, as in ODIR), atrophy and
+a tilted disc for M. O has eight conditions. The pictures show the machinery works; they are not a
+model of real photographs, and figures on them say nothing about accuracy on real ones.
 
 Determinism: every patient is drawn from its own numpy Generator seeded with (seed, patient ID), so
 patients are independent, can be drawn by any number of worker processes, and the same seed gives
@@ -93,14 +104,20 @@ DISEASE_KEYWORDS: dict[str, tuple[tuple[str, float], ...]] = {
     "H": (("hypertensive retinopathy", 1.0),),
     "M": (("pathological myopia", 1.0),),
     "O": (
-        ("laser spot", 0.3),
-        ("myelinated nerve fibers", 0.2),
-        ("branch retinal vein occlusion", 0.3),
-        ("epiretinal membrane", 0.2),
+        ("drusen", 0.2),  # isolated drusen are O in ODIR; A needs pigment changes, atrophy or CNV too
+        ("laser spot", 0.14),
+        ("branch retinal vein occlusion", 0.14),
+        ("tessellated fundus", 0.12),
+        ("epiretinal membrane", 0.12),
+        ("myelinated nerve fibers", 0.1),
+        ("vitreous degeneration", 0.09),
+        ("retinal pigmentation", 0.09),
     ),
 }
-#: keywords that do not decide labels (ODIR rule), with their probability per eye
-NON_DECIDING_KEYWORDS: dict[str, float] = {"lens dust": 0.08, "low image quality": 0.04}
+#: keywords that do not decide labels (ODIR rule), with their probability per eye. "low image
+#: quality" photographs are hazy and blurred like a cataract (small pupil, defocus, tear film): the
+#: confounder that keeps cataract from being "the only blurred eyes"
+NON_DECIDING_KEYWORDS: dict[str, float] = {"lens dust": 0.08, "low image quality": 0.2}
 KEYWORD_LABEL: dict[str, str] = {kw: lab for lab, opts in DISEASE_KEYWORDS.items() for kw, _ in opts}
 LABEL_BIT: dict[str, int] = {lab: 1 << i for i, lab in enumerate(ODIR_LABELS)}
 
@@ -817,13 +834,11 @@ def _amd(c: _Canvas, rng: np.random.Generator, geom: _Geometry, keyword: str) ->
     """Drusen clustered at the macula, pigment clumps, geographic atrophy (dry) or a macular
     haemorrhage with a grey-green membrane (wet)."""
     wet = keyword.startswith("wet")
-    n = int(rng.integers(5, 31)) if wet else int(rng.integers(12, 71))
+    n = int(rng.integers(5, 25)) if wet else int(rng.integers(10, 46))
     sig = geom.dd * rng.uniform(0.45, 0.9)
-    a, b = _scatter(c, rng, n, (geom.fovea[0], geom.fovea[1]), sig)
-    layer = c.layer()
-    _circles(c, layer, a, b, rng.uniform(1 / 150, 0.02, len(a)), rng.integers(160, 256, len(a)))
-    c.paint(layer, (238, 212, 128), strength=rng.uniform(0.55, 0.85), blur=0.004 * c.r + 0.4, label="A")
-    a, b = _scatter(c, rng, int(rng.integers(0, 9)), (geom.fovea[0], geom.fovea[1]), sig * 0.8)
+    _drusen(c, rng, geom, n, sig, 0.02, "A")
+    # pigment clumps at the macula: with the atrophy or the membrane they tell AMD from drusen alone (O)
+    a, b = _scatter(c, rng, int(rng.integers(3, 10)), (geom.fovea[0], geom.fovea[1]), sig * 0.8)
     layer = c.layer()
     _circles(c, layer, a, b, rng.uniform(0.004, 0.009, len(a)))
     c.paint(layer, (0.6, 0.7, 0.7), mode="darken", strength=0.7, blur=0.5, label="A")
@@ -967,6 +982,106 @@ def _epiretinal_membrane(c: _Canvas, rng: np.random.Generator, geom: _Geometry) 
     c.paint(striae, (250, 245, 235), strength=rng.uniform(0.2, 0.35), blur=0.8 + 0.002 * c.r, label="O")
 
 
+def _drusen(
+    c: _Canvas,
+    rng: np.random.Generator,
+    geom: _Geometry,
+    n: int,
+    spread: float,
+    max_radius: float,
+    label: str,
+) -> None:
+    """Yellow sub-retinal deposits scattered around the macula."""
+    a, b = _scatter(c, rng, n, (geom.fovea[0], geom.fovea[1]), spread)
+    layer = c.layer()
+    _circles(c, layer, a, b, rng.uniform(1 / 150, max_radius, len(a)), rng.integers(160, 256, len(a)))
+    c.paint(layer, (238, 212, 128), strength=rng.uniform(0.55, 0.85), blur=0.004 * c.r + 0.4, label=label)
+
+
+def _retinal_pigmentation(c: _Canvas, rng: np.random.Generator, geom: _Geometry) -> None:
+    """Clumps of dark pigment with short spidery arms in the mid-periphery."""
+    n = int(rng.integers(10, 35))
+    t = rng.uniform(0, 2 * np.pi, n)
+    rr = rng.uniform(0.45, 0.85, n)
+    a, b = rr * np.cos(t), rr * np.sin(t)
+    ok = c.visible(a, b)
+    if not ok.any():
+        a, b, ok = np.array([0.5]), np.array([0.0]), np.ones(1, bool)
+    a, b = a[ok], b[ok]
+    layer = c.layer()
+    _circles(c, layer, a, b, rng.uniform(0.006, 0.012, len(a)))
+    for ai, bi in zip(a, b, strict=True):
+        for th in rng.uniform(0, 2 * np.pi, int(rng.integers(2, 4))):
+            pts = np.array([[ai, bi], [ai + 0.03 * math.cos(th), bi + 0.03 * math.sin(th)]])
+            _polyline(c, layer, pts, np.full(2, 0.004))
+    c.paint(layer, (0.7, 0.75, 0.72), mode="darken", strength=rng.uniform(0.6, 0.85), blur=0.5, label="O")
+
+
+def _lens_spokes(c: _Canvas, rng: np.random.Generator, img: np.ndarray, n: int) -> np.ndarray:
+    """Cortical cataract: wedge-shaped grey shadows pointing from the rim towards the centre. They lie
+    in the lens, so they are painted on the image (out of focus), not on the fundus."""
+    layer = c.layer()
+    for th in rng.uniform(0, 2 * np.pi, n):
+        inner, half = rng.uniform(0.25, 0.6), rng.uniform(0.04, 0.12)
+        tip = (inner * math.cos(th), inner * math.sin(th))
+        base = [(1.05 * math.cos(th + s * half), 1.05 * math.sin(th + s * half)) for s in (-1, 1)]
+        pts = np.array([tip, *base])
+        x, y = c.px(pts[:, 0], pts[:, 1])
+        cv2.fillPoly(
+            layer, [np.stack([np.rint(x * 8), np.rint(y * 8)], 1).astype(np.int32)], 255, cv2.LINE_AA, 3
+        )
+    c.albedo = img
+    c.paint(layer, (0.55, 0.5, 0.45), mode="darken", strength=rng.uniform(0.25, 0.45), blur=0.03 * c.r)
+    return c.albedo
+
+
+def _vitreous_floaters(c: _Canvas, rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """Vitreous degeneration: out-of-focus grey strands and rings floating in front of the retina."""
+    layer = c.layer()
+    for _ in range(int(rng.integers(2, 5))):
+        start = _scatter(c, rng, 1, (0.0, 0.0), 0.4, 0.8)
+        steps = 12
+        theta = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0, 0.35, steps))
+        pts = np.stack(
+            [start[0][0] + np.cumsum(np.cos(theta)) * 0.025, start[1][0] + np.cumsum(np.sin(theta)) * 0.025],
+            1,
+        )
+        _polyline(c, layer, pts, np.full(steps, rng.uniform(0.012, 0.025)))
+    if rng.random() < 0.5:  # Weiss ring
+        a, b = _scatter(c, rng, 1, (0.0, 0.0), 0.3, 0.7)
+        x, y = c.px(a, b)
+        cv2.circle(
+            layer,
+            (round(x[0] * 8), round(y[0] * 8)),
+            round(0.08 * c.r * 8),
+            255,
+            max(1, round(0.02 * c.r)),
+            cv2.LINE_AA,
+            3,
+        )
+    c.albedo = img
+    c.paint(
+        layer, (0.5, 0.5, 0.5), mode="darken", strength=rng.uniform(0.35, 0.6), blur=0.012 * c.r, label="O"
+    )
+    return c.albedo
+
+
+def _nerve_fibre_sheen(c: _Canvas, rng: np.random.Generator, vessels: list[_Vessel], geom: _Geometry) -> None:
+    """Glistening nerve-fibre-layer reflexes beside the temporal arcades (young, healthy eyes show
+    them most): bright specks and streaks that are no disease."""
+    layer = c.layer()
+    for v in vessels:
+        if v.trunk > 1 or v.kind != "v" or len(v.pts) < 10:
+            continue
+        d = np.hypot(v.pts[:, 0] - geom.disc[0], v.pts[:, 1] - geom.disc[1])
+        pts = v.pts[(d > 0.15) & (d < rng.uniform(0.5, 0.8))]
+        if len(pts) < 3:
+            continue
+        off = rng.uniform(0.015, 0.03) * (1 if rng.random() < 0.5 else -1)
+        _polyline(c, layer, pts + np.array([0.0, off]), np.full(len(pts), rng.uniform(0.01, 0.02)))
+    c.paint(layer, (250, 235, 215), strength=rng.uniform(0.15, 0.35), blur=0.008 * c.r)
+
+
 def _hypertensive_extras(c: _Canvas, rng: np.random.Generator, geom: _Geometry) -> None:
     """Most hypertensive eyes also show flame haemorrhages and cotton-wool spots near the disc
     (moderate hypertensive retinopathy): narrowed arteries alone are below a pixel at the 128-192 px
@@ -977,6 +1092,82 @@ def _hypertensive_extras(c: _Canvas, rng: np.random.Generator, geom: _Geometry) 
     if rng.random() < 0.7:
         a, b = _scatter(c, rng, int(rng.integers(1, 5)), (geom.disc[0] - 0.15, geom.disc[1]), 0.25)
         _cotton_wool(c, rng, a, b, "H")
+
+
+# ----------------------------------------------------------------------------------------------
+# Per-eye parameters: drawn from overlapping distributions, as in real eyes
+
+
+@dataclass(frozen=True)
+class EyeParameters:
+    """The continuous parameters of one eye that separate labels in real eyes only on average.
+
+    Real cup-to-disc ratios, artery-to-vein ratios, tessellation and media haze overlap between
+    healthy and diseased eyes (physiological large cups, old and poorly dilated eyes, myopic but not
+    pathological fundi), so none of them alone decides a label; the signs that do (rim notches and
+    disc haemorrhages, nicking and haemorrhages, atrophy, lens spokes) are drawn on top.
+    """
+
+    cdr: float  #: cup-to-disc ratio
+    avr: float  #: artery-to-vein width ratio
+    artery_tortuosity: float  #: amplitude of the arteries' wiggle (radians)
+    tessellation: float  #: strength of the choroidal pattern, 0 = none
+    haze: float  #: media opacity 0..1: veil, blur and dimming (cataract or not), 0 = clear
+    spokes: int  #: cortical lens spokes (cataract only)
+    sheen: bool  #: bright nerve-fibre-layer reflexes along the arcades (any eye)
+
+
+def _clipped_normal(rng: np.random.Generator, mean: float, sd: float, lo: float, hi: float) -> float:
+    return float(np.clip(rng.normal(mean, sd), lo, hi))
+
+
+def draw_eye_parameters(
+    rng: np.random.Generator, diseases: Iterable[str], keywords: Iterable[str]
+) -> EyeParameters:
+    """Draw an eye's `EyeParameters` for its labels and keywords (the distributions overlap)."""
+    diseases, kw = set(diseases), set(keywords)
+    if "G" in diseases:
+        cdr = (
+            _clipped_normal(rng, 0.6, 0.08, 0.42, 0.85)
+            if "suspected glaucoma" in kw
+            else _clipped_normal(rng, 0.7, 0.09, 0.45, 0.92)
+        )
+    else:
+        cdr = _clipped_normal(rng, 0.42, 0.1, 0.15, 0.75)  # large physiological cups exist
+    if "H" in diseases:
+        avr = _clipped_normal(rng, 0.57, 0.07, 0.4, 0.76)
+        tort = rng.uniform(0.08, 0.35)
+    else:
+        avr = _clipped_normal(rng, 0.68, 0.06, 0.5, 0.85)
+        tort = rng.uniform(0.0, 0.08) if rng.random() < 0.8 else rng.uniform(0.08, 0.25)
+    if "M" in diseases:
+        tess = rng.uniform(0.15, 0.5)
+    elif "tessellated fundus" in kw:
+        tess = rng.uniform(0.25, 0.5)
+    else:  # mild tessellation is common in healthy (East Asian) eyes
+        tess = rng.uniform(0.05, 0.4) if rng.random() < 0.4 else 0.0
+    # media haze: every eye may be hazy (age, small pupil, defocus); "low image quality" eyes are,
+    # and a cataract adds only a little on average, so blur and veil alone do not give C away
+    u = rng.random()
+    if "low image quality" in kw:
+        haze = rng.uniform(0.25, 0.9)
+    elif u < 0.6:
+        haze = rng.uniform(0.0, 0.6)
+    else:
+        haze = 0.0
+    spokes = 0
+    if "C" in diseases:
+        haze = max(haze, rng.uniform(0.0, 0.5))
+        spokes = int(rng.integers(3, 9))
+    return EyeParameters(
+        round(cdr, 4),
+        round(avr, 4),
+        round(tort, 4),
+        round(tess, 4),
+        round(haze, 4),
+        spokes,
+        rng.random() < 0.4,
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1012,6 +1203,8 @@ def choose_keywords(rng: np.random.Generator, labels: Iterable[str]) -> tuple[st
     for lab in ODIR_LABELS:
         if lab in labels:
             options = DISEASE_KEYWORDS[lab]
+            if lab == "O" and "M" in labels:  # a myopic eye's tessellation is drawn (and marked) as M
+                options = tuple(o for o in options if o[0] != "tessellated fundus")
             p = np.array([w for _, w in options])
             words.append(options[int(rng.choice(len(options), p=p / p.sum()))][0])
     if not words:
@@ -1100,6 +1293,7 @@ def _render(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw anatomy, signs, optics and camera effects in that order; return (rgb, mask)."""
     kw = set(keywords)
+    params = draw_eye_parameters(rng, diseases, keywords)
     rotation = math.radians(rng.uniform(-10, 10))
     c = _Canvas(width, height, fov, side, rotation)
 
@@ -1111,14 +1305,13 @@ def _render(
     geom = _Geometry(disc, fovea, rd, dd)
 
     _background(c, rng, color)
-    if "M" in diseases:
-        _tessellation(c, rng, geom, rng.uniform(0.35, 0.6), "M")
-    elif rng.random() < 0.12:  # mild tessellation is common in healthy (East Asian) eyes: a confounder
-        _tessellation(c, rng, geom, rng.uniform(0.08, 0.18), None)
+    if params.tessellation > 0:
+        owner = "M" if "M" in diseases else ("O" if "tessellated fundus" in kw else None)
+        _tessellation(c, rng, geom, params.tessellation, owner)
     _macula(c, rng, geom)
     if "M" in diseases:
         _peripapillary_atrophy(c, rng, geom, "M")
-        if rng.random() < 0.4:  # patchy chorioretinal atrophy at the posterior pole
+        if rng.random() < 0.5:  # patchy chorioretinal atrophy at the posterior pole
             k = int(rng.integers(1, 4))
             a, b = _scatter(c, rng, k, (geom.fovea[0] + 0.15, geom.fovea[1]), 0.15)
             layer = c.layer()
@@ -1132,26 +1325,23 @@ def _render(
                 rng.uniform(0, np.pi, k),
             )
             c.paint(layer, (235, 215, 175), strength=0.75, blur=0.004 * c.r, label="M")
-    elif "G" in diseases and rng.random() < 0.3:
+    elif rng.random() < (0.4 if "G" in diseases else 0.3):  # common in older and glaucomatous eyes too
         _peripapillary_atrophy(c, rng, geom, None)
-    if "G" in diseases:
-        cdr = rng.uniform(0.68, 0.8) if "suspected glaucoma" in kw else rng.uniform(0.76, 0.92)
-    else:
-        cdr = rng.uniform(0.25, 0.42)
     tilt = rng.uniform(0.75, 0.9) if "M" in diseases else rng.uniform(0.92, 1.02)
-    _optic_disc(c, rng, geom, cdr, tilt, "G" in diseases)
-    if "G" in diseases and rng.random() < 0.15:  # disc (Drance) haemorrhage at the rim
+    _optic_disc(c, rng, geom, params.cdr, tilt, "G" in diseases)
+    if "G" in diseases and rng.random() < 0.3:  # disc (Drance) haemorrhage at the rim
         t = rng.choice([1.0, -1.0]) * rng.uniform(1.1, 1.5)
         p = geom.disc + geom.rd * np.array([math.cos(t), math.sin(t)])
         _haemorrhages(c, rng, np.array([p[0]]), np.array([p[1]]), geom, 1.0, (0.008, 0.012), "G")
 
     hyper = "H" in diseases
-    avr = rng.uniform(0.4, 0.55) if hyper else rng.uniform(0.65, 0.8)
-    art_tort = rng.uniform(0.2, 0.35) if hyper else rng.uniform(0.0, 0.08)
+    avr, art_tort = params.avr, params.artery_tortuosity
     brvo_trunk = int(rng.integers(0, 2)) if "branch retinal vein occlusion" in kw else -1
     vein_scale = {brvo_trunk: rng.uniform(1.3, 1.6)} if brvo_trunk >= 0 else {}
     vessels = _vessel_tree(rng, disc, fovea, avr, art_tort, vein_scale)
     _draw_vessels(c, vessels, geom, hyper)
+    if params.sheen:
+        _nerve_fibre_sheen(c, rng, vessels, geom)
 
     # deep lesions, then superficial ones
     for word in keywords:
@@ -1161,6 +1351,10 @@ def _render(
             _amd(c, rng, geom, word)
     if hyper:
         _hypertensive_extras(c, rng, geom)
+    if "drusen" in kw:  # fewer, smaller and more scattered than in AMD, with no pigment or atrophy
+        _drusen(c, rng, geom, int(rng.integers(5, 31)), geom.dd * rng.uniform(0.6, 1.4), 0.014, "O")
+    if "retinal pigmentation" in kw:
+        _retinal_pigmentation(c, rng, geom)
     if "laser spot" in kw:
         _laser_spots(c, rng, geom)
     if brvo_trunk >= 0:
@@ -1183,7 +1377,7 @@ def _render(
         return falloff * (1.0 + 0.05 * uneven)
 
     illum = c.smooth_field(illumination)
-    gain = rng.uniform(0.8, 1.12) * np.array(
+    gain = rng.uniform(0.8, 1.2) * np.array(
         [rng.uniform(0.95, 1.05), rng.uniform(0.93, 1.07), rng.uniform(0.9, 1.1)], np.float32
     )
     img = c.albedo
@@ -1191,18 +1385,25 @@ def _render(
     img *= gain
     noise_sigma = rng.uniform(0.8, 2.5)
 
-    if "C" in diseases:  # lens opacity: scattered light blurs and veils the whole fundus
-        s = rng.uniform(0, 1)
-        img = _fast_blur(img, c.r * (0.006 + 0.03 * s))
+    if params.haze > 0:  # media haze (lens, small pupil, defocus): scattered light blurs and veils
+        s = params.haze
+        img = _fast_blur(img, c.r * 0.03 * s)
         centre = img[int(c.cy) - 2 : int(c.cy) + 3, int(c.cx) - 2 : int(c.cx) + 3].reshape(-1, 3).mean(0)
         veil = centre * np.array([1.05, 1.1, 1.15], np.float32) + np.float32(rng.uniform(20, 45))
-        haze = c.smooth_field(lambda ex, ey: (0.2 + 0.35 * s) * (0.6 + 0.4 * np.exp(-(ex**2 + ey**2) / 0.5)))
+        haze = c.smooth_field(lambda ex, ey: 0.55 * s * (0.6 + 0.4 * np.exp(-(ex**2 + ey**2) / 0.5)))
         img += haze[..., None] * (veil - img)
-        img *= rng.uniform(0.75, 1.0)
+        img *= 1.0 - 0.15 * s * rng.uniform(0.5, 1.0)
+    if params.spokes:
+        img = _lens_spokes(c, rng, img, params.spokes)
     if "low image quality" in kw:
-        img = _fast_blur(img, c.r * rng.uniform(0.003, 0.008))
-        img *= rng.uniform(0.55, 0.8)
-        noise_sigma *= 3
+        if rng.random() < 0.7:  # small pupil: a dark crescent from one side of the rim
+            t = rng.uniform(0, 2 * np.pi)
+            ca, cb = math.cos(t), math.sin(t)
+            shade = c.smooth_field(lambda ex, ey: np.clip((ex * ca + ey * cb - 0.35) / 0.6, 0, 1) ** 1.5)
+            img *= 1.0 - rng.uniform(0.35, 0.65) * shade[..., None]
+        img *= rng.uniform(0.8, 1.0)
+    if "vitreous degeneration" in kw:
+        img = _vitreous_floaters(c, rng, img)
     if "lens dust" in kw:
         n_dust = int(rng.integers(2, 7))
         t, rr = rng.uniform(0, 2 * np.pi, n_dust), np.sqrt(rng.uniform(0, 0.8, n_dust))

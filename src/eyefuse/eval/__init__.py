@@ -11,7 +11,9 @@ from eyefuse.eval.calibration import (
     fit_temperatures,
     per_class_ece,
     reliability_curve,
+    scores_from_logits,
 )
+from eyefuse.eval.compare import Comparison, paired_comparison
 from eyefuse.eval.metrics import (
     OFFICIAL_F1_NOTE,
     OFFICIAL_THRESHOLD,
@@ -40,6 +42,7 @@ from eyefuse.eval.thresholds import ThresholdFit, apply_thresholds, fit_threshol
 __all__ = [
     "OFFICIAL_F1_NOTE",
     "OFFICIAL_THRESHOLD",
+    "Comparison",
     "Interval",
     "ScoreResult",
     "TemperatureFit",
@@ -61,6 +64,7 @@ __all__ = [
     "micro_metrics",
     "official_score",
     "official_score_fast",
+    "paired_comparison",
     "paper_metrics",
     "per_class_ece",
     "per_class_metrics",
@@ -69,5 +73,6 @@ __all__ = [
     "reliability_curve",
     "rescale_to_threshold",
     "score_files",
+    "scores_from_logits",
     "write_submission",
 ]

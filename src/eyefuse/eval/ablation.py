@@ -3,9 +3,11 @@ resumable command.
 
 Every cell trains with the same split file and the same seeds, then is evaluated on the same test
 patients. A finished cell leaves `result.json` and is skipped on a rerun; a cell that was killed
-resumes from its `last` checkpoint. The table compares every cell with the reference cell by a
-paired bootstrap over test patients (the same resampled patients for both cells), which is much
-tighter than comparing two independent confidence intervals.
+resumes from its `last` checkpoint. The table compares every cell with the reference cell with
+`eyefuse.eval.compare.paired_comparison`: a paired bootstrap over the same test patients for both
+cells (much tighter than comparing two independent confidence intervals), averaged over the seeds of
+each cell with the seeds resampled too, and a verdict "better", "worse" or "not distinguishable" from
+the 95 % interval. List several seeds (`seeds: [0, 1, 2]`) so that seed-to-seed noise is measured.
 
 A grid is YAML (or the built-in `paper`):
 
@@ -16,7 +18,7 @@ mode: one_at_a_time         # one_at_a_time (vary one factor from the reference)
 factors:                    # config key -> values; the reference cell uses the base config's values
   model.attention: [none, se, cbam, residual_attention]
   model.fusion: [single, concat, ffm, cross_attention]
-seeds: [0]
+seeds: [0, 1, 2]            # training seeds per cell (one seed cannot measure seed-to-seed noise)
 split: auto                 # evaluated split: auto = offsite when the dataset has it, else test
 bootstrap: 1000
 ```
@@ -51,7 +53,7 @@ PAPER_GRID: dict[str, Any] = {
         "preprocess.enhance": ["none", "graham", "clahe"],
         "model.head": ["softmax", "sigmoid"],
     },
-    "seeds": [0],
+    "seeds": [0, 1, 2],
     "split": "auto",
     "bootstrap": 1000,
 }
@@ -226,12 +228,16 @@ def _train_and_evaluate(
     resume = (run_dir / "last" / "meta.json").is_file()
     fit(cfg, run_dir, resume=resume, progress=progress)
     sp = predict_split(run_dir, split, progress=progress)
-    official = official_score(sp.truth, sp.prob)
+    official = official_score(sp.truth, sp.prob, rank_prob=sp.rank_prob)
+    names = sp.label_names
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["ID", *[f"true_{n}" for n in sp.label_names], *[f"prob_{n}" for n in sp.label_names]])
+    w.writerow(
+        ["ID", *[f"true_{n}" for n in names], *[f"prob_{n}" for n in names], *[f"rank_{n}" for n in names]]
+    )
     for i, pid in enumerate(sp.ids):
-        w.writerow([pid, *sp.truth[i].tolist(), *[f"{p:.8g}" for p in sp.prob[i]]])
+        scores = [*sp.prob[i], *sp.rank_prob[i]]
+        w.writerow([pid, *sp.truth[i].tolist(), *[f"{p:.8g}" for p in scores]])
     atomic_write_text(run_dir / "predictions.csv", buf.getvalue())
     atomic_write_json(
         run_dir / "result.json",
@@ -240,34 +246,45 @@ def _train_and_evaluate(
             "split": split,
             "n_patients": len(sp.ids),
             "official": official,
-            "macro_auroc": macro_auroc(sp.truth, sp.prob),
+            "macro_auroc": macro_auroc(sp.truth, sp.rank_prob),
             "seconds": time.perf_counter() - t0,
         },
     )
 
 
 def _read_predictions(run_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """IDs, truth and the `stack_scores` entry (decisions and ranking scores, ``N x 2 x L``).
+
+    A cell written before ranking scores were stored (``rank_*`` columns) ranks its decisions."""
+    from eyefuse.eval.compare import stack_scores
+
     with open(run_dir / "predictions.csv", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     header, body = rows[0], rows[1:]
-    n = (len(header) - 1) // 2
+    n = sum(1 for h in header if h.startswith("true_"))
     ids = [r[0] for r in body]
     truth = np.array([[int(v) for v in r[1 : 1 + n]] for r in body], dtype=int)
-    prob = np.array([[float(v) for v in r[1 + n :]] for r in body], dtype=np.float64)
-    return ids, truth, prob
+    prob = np.array([[float(v) for v in r[1 + n : 1 + 2 * n]] for r in body], dtype=np.float64)
+    has_rank = len(header) == 1 + 3 * n
+    rank = (
+        np.array([[float(v) for v in r[1 + 2 * n :]] for r in body], dtype=np.float64) if has_rank else None
+    )
+    return ids, truth, stack_scores(prob, rank)
 
 
-def _scores(truth: np.ndarray, prob: np.ndarray) -> tuple[float, float]:
-    from eyefuse.eval.metrics import macro_auroc, official_score_fast
+def _scores(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
+    from eyefuse.eval.compare import official_final, ranking_macro_auroc
 
-    return official_score_fast(truth, prob)["final"], macro_auroc(truth, prob)
+    return official_final(truth, pred), ranking_macro_auroc(truth, pred)
 
 
 def _table(
     out: Path, cells: list[Cell], spec: dict[str, Any], split: str
 ) -> tuple[list[dict[str, Any]], str]:
     """Per cell: official final and macro AUROC (mean over seeds) with bootstrap CIs, and the
-    paired-bootstrap difference to the reference cell."""
+    paired comparison with the reference cell (`paired_comparison`: difference, 95 % CI, verdict)."""
+    from eyefuse.eval.compare import official_final, paired_comparison, ranking_macro_auroc
+
     n_boot = int(spec.get("bootstrap", 1000))
     preds = {
         (c.name, s): _read_predictions(out / "cells" / c.name / f"seed{s}")
@@ -292,25 +309,37 @@ def _table(
         return {"final": float(np.mean(finals)), "auroc": float(np.mean(aurocs))}
 
     def boot(name: str) -> dict[str, tuple[float, float]]:
-        vals: dict[str, list[float]] = {"final": [], "auroc": [], "d_final": [], "d_auroc": []}
+        vals: dict[str, list[float]] = {"final": [], "auroc": []}
         for idx in samples:
-            f_c = a_c = f_r = a_r = 0.0
+            f_c = a_c = 0.0
             for s in spec["seeds"]:
                 _, truth, prob = preds[(name, s)]
-                _, rtruth, rprob = preds[("reference", s)]
                 fc, ac = _scores(truth[idx], prob[idx])
-                fr, ar = _scores(rtruth[idx], rprob[idx])
-                f_c, a_c, f_r, a_r = f_c + fc, a_c + ac, f_r + fr, a_r + ar
+                f_c, a_c = f_c + fc, a_c + ac
             k = len(spec["seeds"])
-            for key, v in (("final", f_c), ("auroc", a_c), ("d_final", f_c - f_r), ("d_auroc", a_c - a_r)):
+            for key, v in (("final", f_c), ("auroc", a_c)):
                 if not math.isnan(v):
                     vals[key].append(v / k)
         return {k: _interval(v) for k, v in vals.items()}
 
-    ref = stats("reference")
+    truth = preds[("reference", spec["seeds"][0])][1]
+
+    def compare(name: str, metric: Any, metric_name: str) -> Any:
+        return paired_comparison(
+            truth,
+            [preds[(name, s)][2] for s in spec["seeds"]],
+            [preds[("reference", s)][2] for s in spec["seeds"]],
+            metric,
+            metric_name=metric_name,
+            names=(name, "reference"),
+            n_boot=n_boot,
+        )
+
     rows: list[dict[str, Any]] = []
     for cell in cells:
         st, ci = stats(cell.name), boot(cell.name)
+        d_final = compare(cell.name, official_final, "ODIR final")
+        d_auroc = compare(cell.name, ranking_macro_auroc, "macro AUROC")
         rows.append(
             {
                 "cell": cell.name,
@@ -322,30 +351,42 @@ def _table(
                 "macro_auroc": round(st["auroc"], 4),
                 "macro_auroc_lo": round(ci["auroc"][0], 4),
                 "macro_auroc_hi": round(ci["auroc"][1], 4),
-                "delta_final": round(st["final"] - ref["final"], 4),
-                "delta_final_lo": round(ci["d_final"][0], 4),
-                "delta_final_hi": round(ci["d_final"][1], 4),
-                "delta_macro_auroc": round(st["auroc"] - ref["auroc"], 4),
-                "delta_macro_auroc_lo": round(ci["d_auroc"][0], 4),
-                "delta_macro_auroc_hi": round(ci["d_auroc"][1], 4),
+                "delta_final": round(d_final.diff, 4),
+                "delta_final_lo": round(d_final.lo, 4),
+                "delta_final_hi": round(d_final.hi, 4),
+                "verdict_final": d_final.verdict,
+                "delta_macro_auroc": round(d_auroc.diff, 4),
+                "delta_macro_auroc_lo": round(d_auroc.lo, 4),
+                "delta_macro_auroc_hi": round(d_auroc.hi, 4),
+                "verdict_macro_auroc": d_auroc.verdict,
             }
         )
     lines = [
         f"## Ablation around `{spec['base']}` on the {split} split ({n} patients, "
         f"{len(spec['seeds'])} seed(s), {n_boot} paired bootstrap resamples)",
         "",
-        "| cell | ODIR final [95% CI] | Δ final vs reference [95% CI] | macro AUROC [95% CI] "
-        "| Δ macro AUROC [95% CI] |",
+        "Δ: the cell minus the reference, mean over seeds; the 95 % CI resamples the same patients for "
+        "both and each cell's seeds; the verdict is better / worse when the CI excludes 0, otherwise "
+        "not distinguishable.",
+        "",
+        "| cell | ODIR final [95% CI] | Δ final vs reference [95% CI]: verdict | macro AUROC [95% CI] "
+        "| Δ macro AUROC [95% CI]: verdict |",
         "|---|---|---|---|---|",
     ]
+
+    def verdict(r: dict[str, Any], key: str) -> str:
+        return "-" if r["cell"] == "reference" else str(r[key])
+
     for r in rows:
         ref_mark = " (reference)" if r["cell"] == "reference" else ""
         lines.append(
             f"| {r['cell']}{ref_mark} | {r['final']:.4f} [{r['final_lo']:.4f}, {r['final_hi']:.4f}] "
-            f"| {r['delta_final']:+.4f} [{r['delta_final_lo']:+.4f}, {r['delta_final_hi']:+.4f}] "
+            f"| {r['delta_final']:+.4f} [{r['delta_final_lo']:+.4f}, {r['delta_final_hi']:+.4f}]: "
+            f"{verdict(r, 'verdict_final')} "
             f"| {r['macro_auroc']:.4f} [{r['macro_auroc_lo']:.4f}, {r['macro_auroc_hi']:.4f}] "
             f"| {r['delta_macro_auroc']:+.4f} "
-            f"[{r['delta_macro_auroc_lo']:+.4f}, {r['delta_macro_auroc_hi']:+.4f}] |"
+            f"[{r['delta_macro_auroc_lo']:+.4f}, {r['delta_macro_auroc_hi']:+.4f}]: "
+            f"{verdict(r, 'verdict_macro_auroc')} |"
         )
     return rows, "\n".join(lines)
 

@@ -226,9 +226,13 @@ def reliability_curve(truth: Any, prob: Any, n_bins: int = 10) -> dict[str, list
 # --- the calibration a checkpoint carries ---------------------------------------------------------
 
 
-def calibrated_probabilities(logits: Any, head: str, temperatures: Any = None) -> np.ndarray:
+def calibrated_probabilities(
+    logits: Any, head: str, temperatures: Any = None, *, ranking: bool = False
+) -> np.ndarray:
     """Probabilities from raw logits with a checkpoint's temperatures, by the head's own rule
-    (`eyefuse.models.binocular.head_probabilities`): `rule(logits / T)`.
+    (`eyefuse.models.binocular.head_probabilities`): `rule(logits / T)`. With `ranking`, the scores
+    ranking metrics use instead (`eyefuse.models.binocular.ranking_probabilities`: the softmax head's
+    softmax; the same as the decision scores for the sigmoid head).
 
     `temperatures`: None (T = 1), L per-class values (sigmoid head) or one shared value (softmax
     head, stored as a one-element list). The numpy twin of `eyefuse.serve.predict.calibrated_probabilities`
@@ -236,13 +240,28 @@ def calibrated_probabilities(logits: Any, head: str, temperatures: Any = None) -
     """
     import torch
 
-    from eyefuse.models.binocular import head_probabilities
+    from eyefuse.models.binocular import head_probabilities, ranking_probabilities
 
     z = np.asarray(logits, dtype=np.float64)
     if temperatures is not None:
         t = np.asarray(temperatures, dtype=np.float64).reshape(-1)
         z = apply_temperatures(z, t[0] if t.size == 1 else t)
-    return head_probabilities(torch.from_numpy(z), head).numpy()
+    rule = ranking_probabilities if ranking else head_probabilities
+    return rule(torch.from_numpy(z), head).numpy()
+
+
+def scores_from_logits(truth: Any, logits: Any, head: str, temperatures: Any = None) -> dict[str, float]:
+    """Official ODIR score at 0.5 and macro AUROC of logits, each from the right scores.
+
+    Decisions (official kappa and F1) on the head's decision scores, rankings (official pooled AUC,
+    macro AUROC) on its ranking scores (`calibrated_probabilities` with and without `ranking`). One
+    function so that validation during training and evaluation afterwards score alike.
+    """
+    from eyefuse.eval.metrics import macro_auroc, official_score
+
+    decisions = calibrated_probabilities(logits, head, temperatures)
+    ranking = calibrated_probabilities(logits, head, temperatures, ranking=True)
+    return {**official_score(truth, decisions, rank_prob=ranking), "macro_auroc": macro_auroc(truth, ranking)}
 
 
 def fit_calibration(
@@ -258,7 +277,8 @@ def fit_calibration(
     Meant for the validation split only; the caller records which split it was. Returns the JSON
     fields stored in a checkpoint's metadata: `temperatures` (L floats for the sigmoid head, one for
     the softmax head), `thresholds` (L floats),
-    `threshold_method`, `calibration_warnings`, and the validation ECE before and after.
+    `threshold_method`, `calibration_warnings`, and the validation ECE before and after (None for
+    the softmax head, whose scores are not per-label probabilities: an ECE would measure nothing).
     """
     from eyefuse.eval.thresholds import fit_thresholds
 
@@ -282,6 +302,6 @@ def fit_calibration(
         "thresholds": [float(t) for t in thr.thresholds],
         "threshold_method": cfg.threshold_method,
         "calibration_warnings": warnings,
-        "val_ece_before": expected_calibration_error(truth, prob_before),
-        "val_ece_after": expected_calibration_error(truth, prob),
+        "val_ece_before": expected_calibration_error(truth, prob_before) if head == "sigmoid" else None,
+        "val_ece_after": expected_calibration_error(truth, prob) if head == "sigmoid" else None,
     }

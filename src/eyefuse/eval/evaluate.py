@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,13 @@ from eyefuse.errors import ConfigError, DataError
 
 @dataclass
 class SplitPredictions:
-    """Calibrated probabilities of one split with the truth, in the dataset's patient order."""
+    """Calibrated probabilities of one split with the truth, in the dataset's patient order.
+
+    `prob` holds the decision scores (what thresholds apply to), `rank_prob` the scores ranking
+    metrics use (the same for the sigmoid head; the softmax itself for the softmax head, see
+    `eyefuse.models.binocular.ranking_probabilities`); `raw_prob` and `raw_rank_prob` the same
+    without the checkpoint's temperatures.
+    """
 
     ids: list[str]
     truth: np.ndarray
@@ -33,6 +39,15 @@ class SplitPredictions:
     patients: list[Any]
     dataset: Any
     dropped: int
+    rank_prob: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    raw_prob: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    raw_rank_prob: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+
+    @property
+    def head(self) -> str:
+        return str(self.meta["config"]["model"]["head"])
+    split: str = "test"  #: the split evaluated (the default one when none was asked for)
+    set_aside: list[tuple[Any, str, str]] = field(default_factory=list)  #: (patient, split, reason)
 
 
 def _split_file(ckpt_dir: Path, meta: dict[str, Any]) -> Path:
@@ -46,9 +61,18 @@ def _split_file(ckpt_dir: Path, meta: dict[str, Any]) -> Path:
     raise ConfigError(f"{ckpt_dir}: the run's split file {recorded} is gone (expected split.csv in the run)")
 
 
+def default_split(available: Any) -> str | None:
+    """The split `evaluate` uses when none is named: the official off-site test where the dataset
+    has one, else the run's own held-out `test` split, else None."""
+    for name in ("offsite", "test"):
+        if name in available:
+            return name
+    return None
+
+
 def predict_split(
     checkpoint: str | os.PathLike[str],
-    split: str,
+    split: str | None,
     *,
     data: str | os.PathLike[str] | None = None,
     allow_same_split: bool = False,
@@ -56,11 +80,12 @@ def predict_split(
     progress: bool = True,
 ) -> SplitPredictions:
     """Run a checkpoint on every patient of `split` (a name in the run's split file: train, val,
-    test, offsite, onsite) and return calibrated probabilities."""
+    test, offsite, onsite; None: `default_split`) and return calibrated probabilities. Patients
+    whose every eye is missing, excluded or failed preprocessing are set aside and listed."""
     import torch
 
     from eyefuse.config import config_from_dict
-    from eyefuse.data.dataset import PairDataset, usable_patients
+    from eyefuse.data.dataset import PairDataset, set_aside_reasons, usable_patients
     from eyefuse.data.odir import load_dataset
     from eyefuse.data.splits import apply_split
     from eyefuse.eval.calibration import calibrated_probabilities
@@ -70,13 +95,6 @@ def predict_split(
     ckpt_dir = ckpt.resolve_checkpoint_dir(checkpoint)
     meta = ckpt.read_meta(ckpt_dir)
     cfg = config_from_dict(meta["config"])
-    fitted_on = (meta.get("calibration_split") or {}).get("name")
-    if fitted_on == split and not allow_same_split:
-        raise ConfigError(
-            f"the thresholds and temperatures of {ckpt_dir} were fitted on the {split!r} split: evaluating "
-            "there overstates performance. Evaluate another split (test, offsite, onsite), or pass "
-            "--allow-same-split to do it anyway (the report will say so)"
-        )
     root = str(data) if data else cfg.data.root
     if not root:
         raise ConfigError("no dataset: pass --data (the checkpoint records none)")
@@ -88,19 +106,36 @@ def predict_split(
             file=root,
         )
     splits = apply_split(dataset, _split_file(ckpt_dir, meta))
+    have = ", ".join(f"{k} ({len(v)})" for k, v in splits.items() if v)
+    if split is None:
+        split = default_split(splits)
+        if split is None:
+            raise ConfigError(f"this run's split has no test patients: choose one with --split ({have})")
     if split not in splits or not splits[split]:
-        have = ", ".join(f"{k} ({len(v)})" for k, v in splits.items() if v)
         raise ConfigError(f"--split {split!r}: no such split in this run; it has {have}")
-    patients, lost = usable_patients(splits[split])
-
-    loader = prepared_loader(cfg, root, patients, progress)
+    fitted_on = (meta.get("calibration_split") or {}).get("name")
+    if fitted_on == split and not allow_same_split:
+        raise ConfigError(
+            f"the thresholds and temperatures of {ckpt_dir} were fitted on the {split!r} split: evaluating "
+            "there overstates performance. Evaluate another split (test, offsite, onsite), or pass "
+            "--allow-same-split to do it anyway (the report will say so)"
+        )
+    if progress:
+        print(f"evaluating split {split!r}: preparing {len(splits[split])} patients ...", flush=True)
+    loader = prepared_loader(cfg, root, splits[split], progress)
+    patients, lost = usable_patients(splits[split], loader.failed)
+    if not patients:
+        raise DataError(f"no patient of split {split!r} has a usable eye", file=root)
+    if progress:
+        print(f"predicting {len(patients)} patients ...", flush=True)
     ds = PairDataset(patients, loader, dataset.label_names, size=cfg.preprocess.size)
     dev = torch.device(device)
     model = load_model(ckpt_dir, device=dev)
     out = evaluate(model, ds, dev, cfg)
     n_labels = len(dataset.label_names)
     temps = meta.get("temperatures")
-    prob = calibrated_probabilities(out["logits"], cfg.model.head, temps)
+    head = cfg.model.head
+    prob = calibrated_probabilities(out["logits"], head, temps)
     thr = np.asarray(meta.get("thresholds") or [0.5] * n_labels, dtype=np.float64)
     return SplitPredictions(
         ids=[p.id for p in patients],
@@ -113,7 +148,52 @@ def predict_split(
         patients=patients,
         dataset=dataset,
         dropped=len(lost),
+        rank_prob=calibrated_probabilities(out["logits"], head, temps, ranking=True),
+        raw_prob=calibrated_probabilities(out["logits"], head),
+        raw_rank_prob=calibrated_probabilities(out["logits"], head, ranking=True),
+        split=split,
+        set_aside=[(p, split, set_aside_reasons(p, loader.failed)) for p in lost],
     )
+
+
+#: What each head's decision and ranking scores are, for the report.
+SCORE_SOURCES: dict[str, dict[str, str]] = {
+    "sigmoid": {
+        "decisions": "calibrated sigmoid probabilities, sigmoid(logit / T) with per-class temperatures",
+        "ranking": "the same calibrated sigmoid probabilities",
+    },
+    "softmax": {
+        "decisions": "calibrated softmax divided by its row maximum (the decision rule, not probabilities)",
+        "ranking": "calibrated softmax probabilities, softmax(logits / T)",
+    },
+}
+
+
+def official_variants(sp: SplitPredictions) -> list[dict[str, Any]]:
+    """The official ODIR score of the raw (T = 1) and of the calibrated scores of `sp`.
+
+    Temperatures change the official score: the pooled AUC ranks all labels together, so per-class
+    temperatures reorder entries across labels, and the 0.5 threshold sees other values. Neither
+    uses the fitted per-class thresholds (the official score is always at 0.5). For the softmax
+    head a third row scores the submission CSV as written: one matrix of decision scores, whose
+    pooled AUC is that of the decision scores (what the challenge's script would compute).
+    """
+    from eyefuse.eval.metrics import official_score
+
+    rows = []
+    for name, prob, rank in (
+        ("raw (no temperatures)", sp.raw_prob, sp.raw_rank_prob),
+        ("calibrated (checkpoint temperatures)", sp.prob, sp.rank_prob),
+    ):
+        rows.append({"scores": name, **official_score(sp.truth, prob, rank_prob=rank)})
+    if sp.head == "softmax":
+        rows.append(
+            {
+                "scores": "submission CSV (calibrated decision scores only)",
+                **official_score(sp.truth, sp.prob),
+            }
+        )
+    return rows
 
 
 @dataclass
@@ -134,7 +214,7 @@ class EvaluateSummary:
 def run_evaluate(
     checkpoint: str | os.PathLike[str],
     *,
-    split: str,
+    split: str | None = None,
     out: str | os.PathLike[str],
     data: str | os.PathLike[str] | None = None,
     allow_same_split: bool = False,
@@ -145,6 +225,7 @@ def run_evaluate(
     """Predict a split, compute every metric with bootstrap CIs, write the report and the official
     submission CSV into `out`."""
     from eyefuse import ODIR_LABELS
+    from eyefuse.data.dataset import describe_set_aside, write_set_aside
     from eyefuse.eval.metrics import evaluate_predictions
     from eyefuse.eval.report import format_headline, write_report
     from eyefuse.eval.score import write_submission
@@ -155,8 +236,11 @@ def run_evaluate(
     sp = predict_split(
         checkpoint, split, data=data, allow_same_split=allow_same_split, device=device, progress=progress
     )
+    split = sp.split
     cfg = sp.meta["config"]
     boot = cfg["eval"]["bootstrap"] if n_boot is None else n_boot
+    if progress:
+        print(f"metrics with {boot} bootstrap resamples ...", flush=True)
     evaluation = evaluate_predictions(
         sp.truth,
         sp.prob,
@@ -164,7 +248,9 @@ def run_evaluate(
         thresholds=sp.thresholds,
         n_boot=boot,
         seed=cfg["eval"]["bootstrap_seed"],
+        rank_prob=sp.rank_prob,
     )
+    evaluation["official_variants"] = official_variants(sp)
     warnings = list(sp.meta.get("calibration_warnings") or [])
     fitted_on = (sp.meta.get("calibration_split") or {}).get("name")
     if fitted_on == split:
@@ -177,8 +263,9 @@ def run_evaluate(
         warnings.insert(0, "evaluated on the training split: these numbers say nothing about new patients")
     if sp.meta.get("thresholds") is None:
         warnings.append("the checkpoint has no fitted thresholds: 0.5 used for every class")
-    if sp.dropped:
-        warnings.append(f"{sp.dropped} patients of the split have no usable eye and were not evaluated")
+    if sp.set_aside:
+        write_set_aside(out / "set_aside.csv", sp.set_aside)
+        warnings.append(describe_set_aside(sp.set_aside, out / "set_aside.csv") + "; they were not evaluated")
     ckpt_dir = resolve_checkpoint_dir(checkpoint)
     context = {
         "dataset": {
@@ -199,16 +286,24 @@ def run_evaluate(
         "calibration_split": fitted_on,
         "threshold_method": sp.meta.get("threshold_method"),
         "temperatures": sp.meta.get("temperatures"),
+        "scores": {
+            **SCORE_SOURCES[sp.head],
+            "official": "kappa and F1: decisions > 0.5 (not the fitted thresholds); AUC: ranking, pooled",
+            "per_label_probabilities": sp.head == "sigmoid",
+        },
         "versions": sp.meta.get("versions"),
         "git_commit": sp.meta.get("git_commit"),
         "warnings": warnings,
     }
     metrics_csv = ckpt_dir.parent / "metrics.csv"
+    if progress:
+        print(f"writing the report into {out} ...", flush=True)
     files = write_report(
         out,
         evaluation,
         truth=sp.truth,
         prob=sp.prob,
+        rank_prob=sp.rank_prob,
         context=context,
         metrics_csv=metrics_csv if metrics_csv.is_file() else None,
     )

@@ -12,6 +12,11 @@ Conventions used throughout:
   reproduces the official binarisation.
 - A metric that is undefined on the data (AUROC of a class without positives, precision with no
   predicted positive, ...) is `None` in reports and NaN inside arrays; it never raises.
+- Decisions and rankings may use different scores: `prob` is what thresholds are applied to, the
+  optional `rank_prob` (same shape) is what AUROC, AUPRC and the official pooled AUC rank. For the
+  sigmoid head both are the sigmoid; for the softmax head `prob` is softmax / its row maximum (the
+  decision rule) and `rank_prob` the softmax itself, because the row maximum ties every patient's
+  top label at 1.0 and those ties lower AUROC. Without `rank_prob` everything uses `prob`.
 """
 
 from __future__ import annotations
@@ -135,7 +140,16 @@ def _kappa_from_counts(tp: int, fp: int, fn: int, tn: int) -> float:
     return 1.0 - (fp + fn) / expected_disagreement
 
 
-def official_score(truth: Any, prob: Any, threshold: float = OFFICIAL_THRESHOLD) -> dict[str, float]:
+def _rank_or_prob(truth: np.ndarray, prob: np.ndarray, rank_prob: Any) -> np.ndarray:
+    if rank_prob is None:
+        return prob
+    _, rank = check_truth_prob(truth, rank_prob, what="rank_prob")
+    return rank
+
+
+def official_score(
+    truth: Any, prob: Any, threshold: float = OFFICIAL_THRESHOLD, *, rank_prob: Any = None
+) -> dict[str, float]:
     """The ODIR-2019 challenge score, computed exactly as the official evaluation script does.
 
     Both matrices are flattened row-major (numpy `.flatten()`, patient by patient) into one vector
@@ -156,11 +170,15 @@ def official_score(truth: Any, prob: Any, threshold: float = OFFICIAL_THRESHOLD)
         truth: (patients x labels) 0/1 matrix.
         prob: (patients x labels) probabilities in [0, 1] (not logits).
         threshold: binarisation threshold; the challenge used 0.5.
+        rank_prob: scores for the AUC instead of `prob` (the softmax head's softmax, see the module
+            notes); the official script has one matrix, so this is the score of a submission whose
+            AUC column came from `rank_prob`.
     """
     truth, prob = check_truth_prob(truth, prob)
     gt = truth.ravel()
-    pr = prob.ravel()
-    pred = (pr > threshold).astype(np.uint8)
+    pr = _rank_or_prob(truth, prob, rank_prob).ravel()
+    decided = prob.ravel()
+    pred = (decided > threshold).astype(np.uint8)
     with warnings.catch_warnings():
         # Undefined cases are reported as NaN below; sklearn's warnings would only repeat that.
         warnings.simplefilter("ignore", UndefinedMetricWarning)
@@ -171,7 +189,9 @@ def official_score(truth: Any, prob: Any, threshold: float = OFFICIAL_THRESHOLD)
     return {"kappa": kappa, "f1": f1, "auc": auc, "final": (kappa + f1 + auc) / 3.0}
 
 
-def _official_flat(gt: np.ndarray, pr: np.ndarray, threshold: float) -> dict[str, float]:
+def _official_flat(
+    gt: np.ndarray, pr: np.ndarray, threshold: float, rank: np.ndarray | None = None
+) -> dict[str, float]:
     pred = pr > threshold
     tp = int(np.count_nonzero(gt & pred))
     fp = int(np.count_nonzero(~gt & pred))
@@ -179,18 +199,21 @@ def _official_flat(gt: np.ndarray, pr: np.ndarray, threshold: float) -> dict[str
     tn = gt.size - tp - fp - fn
     kappa = _kappa_from_counts(tp, fp, fn, tn)
     f1 = (tp + tn) / gt.size  # micro-F1 over a flattened binary vector is accuracy
-    auc = fast_auc(gt, pr)
+    auc = fast_auc(gt, pr if rank is None else rank)
     return {"kappa": kappa, "f1": f1, "auc": auc, "final": (kappa + f1 + auc) / 3.0}
 
 
-def official_score_fast(truth: Any, prob: Any, threshold: float = OFFICIAL_THRESHOLD) -> dict[str, float]:
+def official_score_fast(
+    truth: Any, prob: Any, threshold: float = OFFICIAL_THRESHOLD, *, rank_prob: Any = None
+) -> dict[str, float]:
     """`official_score` computed with numpy (confusion counts and rank AUC) instead of scikit-learn.
 
     Same values to floating-point rounding (checked by the tests), about ten times faster: use it
     for bootstrap resamples; report point estimates with `official_score`.
     """
     truth, prob = check_truth_prob(truth, prob)
-    return _official_flat(truth.ravel().astype(bool), prob.ravel(), threshold)
+    rank = None if rank_prob is None else _rank_or_prob(truth, prob, rank_prob).ravel()
+    return _official_flat(truth.ravel().astype(bool), prob.ravel(), threshold, rank)
 
 
 # --- per-class, macro and micro metrics ------------------------------------------------------
@@ -214,7 +237,7 @@ def _count_metrics(tp: int, fp: int, fn: int, tn: int) -> dict[str, float]:
 
 
 def per_class_metrics(
-    truth: Any, prob: Any, thresholds: Any, label_names: Sequence[str]
+    truth: Any, prob: Any, thresholds: Any, label_names: Sequence[str], *, rank_prob: Any = None
 ) -> list[dict[str, Any]]:
     """One dict per class: prevalence and threshold-free and thresholded metrics.
 
@@ -222,26 +245,28 @@ def per_class_metrics(
     `sensitivity`, `specificity`, `precision`, `f1` (of the positive class), and the confusion
     counts `tp`, `fp`, `fn`, `tn` at `prob > threshold`. An undefined value is `None`: AUROC
     without positives or without negatives, AUPRC and sensitivity without positives, specificity
-    without negatives, precision with no predicted positive, F1 with neither.
+    without negatives, precision with no predicted positive, F1 with neither. AUROC and AUPRC rank
+    `rank_prob` when given (see the module notes), the rest thresholds `prob`.
     """
     truth, prob = check_truth_prob(truth, prob)
+    rank = _rank_or_prob(truth, prob, rank_prob)
     n, n_labels = truth.shape
     if len(label_names) != n_labels:
         raise ConfigError(f"{len(label_names)} label names given for {n_labels} label columns")
     thr = check_thresholds(thresholds, n_labels)
     rows = []
     for j, name in enumerate(label_names):
-        t, p = truth[:, j], prob[:, j]
+        t, p, r = truth[:, j], prob[:, j], rank[:, j]
         n_pos = int(t.sum())
         tp, fp, fn, tn = _binary_counts(t, p > thr[j])
-        auprc = float(average_precision_score(t, p)) if n_pos > 0 else math.nan
+        auprc = float(average_precision_score(t, r)) if n_pos > 0 else math.nan
         row: dict[str, Any] = {
             "label": str(name),
             "threshold": float(thr[j]),
             "n": n,
             "n_pos": n_pos,
             "prevalence": n_pos / n,
-            "auroc": fast_auc(t, p),
+            "auroc": fast_auc(t, r),
             "auprc": auprc,
             **_count_metrics(tp, fp, fn, tn),
             "tp": tp,
@@ -269,19 +294,20 @@ def macro_average(per_class: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def micro_metrics(truth: Any, prob: Any, thresholds: Any) -> dict[str, Any]:
+def micro_metrics(truth: Any, prob: Any, thresholds: Any, *, rank_prob: Any = None) -> dict[str, Any]:
     """Metrics pooled over every (patient, label) entry, each class at its own threshold.
 
     `f1` here is the F1 of the positive class (the honest pooled F1), unlike the official `f1`;
     `auroc` pooled over labels equals the official `auc`; `accuracy` is element-wise accuracy.
     """
     truth, prob = check_truth_prob(truth, prob)
+    rank = _rank_or_prob(truth, prob, rank_prob).ravel()
     thr = check_thresholds(thresholds, truth.shape[1])
     gt = truth.ravel()
     tp, fp, fn, tn = _binary_counts(gt, (prob > thr).ravel())
-    auprc = float(average_precision_score(gt, prob.ravel())) if gt.any() else math.nan
+    auprc = float(average_precision_score(gt, rank)) if gt.any() else math.nan
     vals = {
-        "auroc": fast_auc(gt, prob.ravel()),
+        "auroc": fast_auc(gt, rank),
         "auprc": auprc,
         **_count_metrics(tp, fp, fn, tn),
         "accuracy": (tp + tn) / gt.size,
@@ -426,12 +452,16 @@ def _headline_metrics(
 ) -> dict[str, float]:
     """The numbers that get confidence intervals, computed with numpy only (one bootstrap resample).
 
-    Macro means are taken over the classes where the point estimate is defined; a resample missing
-    one of them is undefined for that mean (NaN), so every resample averages the same classes.
+    `prob` is the decision scores beside the ranking scores (``patients x 2L``, see
+    `evaluate_predictions`), so that one resample draws the same rows of both. Macro means are taken
+    over the classes where the point estimate is defined; a resample missing one of them is
+    undefined for that mean (NaN), so every resample averages the same classes.
     """
-    res = _official_flat(truth.ravel().astype(bool), prob.ravel(), OFFICIAL_THRESHOLD)
+    n_labels = truth.shape[1]
+    prob, rank = prob[:, :n_labels], prob[:, n_labels:]
+    res = _official_flat(truth.ravel().astype(bool), prob.ravel(), OFFICIAL_THRESHOLD, rank.ravel())
     pred = prob > thresholds
-    aurocs = np.array([fast_auc(truth[:, j], prob[:, j]) for j in range(truth.shape[1])])
+    aurocs = np.array([fast_auc(truth[:, j], rank[:, j]) for j in range(n_labels)])
     counts = [_binary_counts(truth[:, j], pred[:, j]) for j in range(truth.shape[1])]
     f1s = np.array([_ratio(2 * tp, 2 * tp + fp + fn) for tp, fp, fn, _ in counts])
     tp, fp, fn = (sum(c[i] for c in counts) for i in range(3))
@@ -475,8 +505,13 @@ def evaluate_predictions(
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    rank_prob: Any = None,
 ) -> dict[str, Any]:
     """Everything an evaluation report needs, as a JSON-serialisable dict (NaN -> None).
+
+    `prob` holds the decision scores (thresholds, official kappa and F1 at 0.5); `rank_prob`, when
+    given, the scores that AUROC, AUPRC and the official pooled AUC rank (the softmax head's
+    softmax; see the module notes). `ranking_separate` in the result says which was used.
 
     - `official`: the ODIR-2019 score at 0.5 exactly as the challenge defines it, from `prob` as
       given (pass calibrated, or threshold-rescaled, probabilities to score what you would submit);
@@ -495,10 +530,11 @@ def evaluate_predictions(
     if len(label_names) != n_labels:
         raise ConfigError(f"{len(label_names)} label names given for {n_labels} label columns")
     thr = check_thresholds(thresholds, n_labels)
-    official = official_score(truth, prob)
-    per_class = per_class_metrics(truth, prob, thr, label_names)
+    rank = _rank_or_prob(truth, prob, rank_prob)
+    official = official_score(truth, prob, rank_prob=rank)
+    per_class = per_class_metrics(truth, prob, thr, label_names, rank_prob=rank)
     macro = macro_average(per_class)
-    micro = micro_metrics(truth, prob, thr)
+    micro = micro_metrics(truth, prob, thr, rank_prob=rank)
     paper = paper_metrics(truth, (prob > thr).astype(np.uint8), prob)
 
     ci: dict[str, Interval] = {}
@@ -510,7 +546,7 @@ def evaluate_predictions(
             macro_auroc_classes=np.array([r["auroc"] is not None for r in per_class]),
             macro_f1_classes=np.array([r["f1"] is not None for r in per_class]),
         )
-        ci = bootstrap_ci(fn, truth, prob, n=n_boot, seed=seed, alpha=alpha)
+        ci = bootstrap_ci(fn, truth, np.hstack([prob, rank]), n=n_boot, seed=seed, alpha=alpha)
 
     def get(key: str) -> Interval | None:
         return ci.get(key)
@@ -533,6 +569,7 @@ def evaluate_predictions(
         "label_names": list(label_names),
         "thresholds": thr,
         "official": {**official, "threshold": OFFICIAL_THRESHOLD},
+        "ranking_separate": rank_prob is not None,
         "official_ci": {k: get(k) for k in ("kappa", "f1", "auc", "final")},
         "per_class": per_class,
         "macro": macro,
@@ -545,7 +582,10 @@ def evaluate_predictions(
 
 
 def macro_auroc(truth: Any, prob: Any) -> float:
-    """Mean per-class AUROC over the classes that have both positives and negatives (NaN if none)."""
+    """Mean per-class AUROC over the classes that have both positives and negatives (NaN if none).
+
+    Pass ranking scores (`ranking_probabilities`: the softmax head's softmax, not its decision
+    scores)."""
     truth, prob = check_truth_prob(truth, prob)
     vals = [fast_auc(truth[:, j], prob[:, j]) for j in range(truth.shape[1])]
     vals = [v for v in vals if not math.isnan(v)]

@@ -6,7 +6,9 @@ eye (computed through the two-branch model, as `eyefuse explain` does) is a hit 
 on the label's lesion pixels (dilated by a small tolerance). The baseline is chance: the fraction
 of the field of view that the dilated lesion covers, i.e. the hit rate of a map whose peak falls at
 a random point of the photograph. Cataract (C) marks the whole field of view, so it is left out by
-default: every peak would hit.
+default: every peak would hit. A label whose chance rate is above `INFORMATIVE_CHANCE` (e.g. M,
+whose tessellation covers most of the fundus) says little about where a map points, so the summary
+prints the pooled row twice: over every label, and over the labels at or below that chance rate.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from eyefuse.errors import ConfigError
 
 DEFAULT_EXCLUDED = ("N", "C")
 
+#: Labels whose chance rate exceeds this are left out of the second pooled row ("informative").
+INFORMATIVE_CHANCE = 0.5
+
 
 @dataclass
 class PointingResult:
@@ -34,15 +39,27 @@ class PointingResult:
     size: int = 0
     layer: str = "last"
 
+    def pooled(self, labels: list[str] | None = None) -> tuple[int, float, float]:
+        """(eyes, hit rate, chance rate) pooled over `labels` (default every label)."""
+        keys = list(self.trials) if labels is None else [k for k in labels if k in self.trials]
+        n = sum(self.trials[k] for k in keys)
+        if not n:
+            return 0, float("nan"), float("nan")
+        hits = sum(self.hits[k] for k in keys)
+        return n, hits / n, sum(self.chance[k] * self.trials[k] for k in keys) / n
+
+    @property
+    def informative_labels(self) -> list[str]:
+        """Labels whose chance rate is at most `INFORMATIVE_CHANCE`."""
+        return [k for k in self.trials if self.chance[k] <= INFORMATIVE_CHANCE]
+
     @property
     def hit_rate(self) -> float:
-        n = sum(self.trials.values())
-        return sum(self.hits.values()) / n if n else float("nan")
+        return self.pooled()[1]
 
     @property
     def chance_rate(self) -> float:
-        n = sum(self.trials.values())
-        return sum(self.chance[k] * self.trials[k] for k in self.trials) / n if n else float("nan")
+        return self.pooled()[2]
 
     def __str__(self) -> str:
         lines = [
@@ -55,10 +72,19 @@ class PointingResult:
             lines.append(
                 f"{label:<6} {n:>5} {h / n:>9.3f} {c:>7.3f} {(h / n) / c if c else float('nan'):>6.1f}"
             )
-        lines.append(
-            f"{'all':<6} {sum(self.trials.values()):>5} {self.hit_rate:>9.3f} {self.chance_rate:>7.3f} "
-            f"{self.hit_rate / self.chance_rate if self.chance_rate else float('nan'):>6.1f}"
-        )
+        left_out = [k for k in self.trials if k not in self.informative_labels]
+        rows = [("all", None)]
+        if left_out:
+            rows.append((f"all without {','.join(left_out)}", self.informative_labels))
+        for name, labels in rows:
+            n, hit, chance = self.pooled(labels)
+            ratio = hit / chance if chance else float("nan")
+            lines.append(f"{name:<6} {n:>5} {hit:>9.3f} {chance:>7.3f} {ratio:>6.1f}")
+        if left_out:
+            lines.append(
+                f"({','.join(left_out)}: chance rate above {INFORMATIVE_CHANCE}, so a hit there says little "
+                "about where the map points)"
+            )
         return "\n".join(lines)
 
 

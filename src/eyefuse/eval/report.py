@@ -17,7 +17,11 @@ by `eyefuse.eval.evaluate.run_evaluate`, are also read by name: `warnings` (list
 as boxes at the top), `synthetic` (bool), `evaluated_split` (`{"name", "patients"}` or a name),
 `calibration_split` (the split thresholds and temperatures were fitted on: a name or
 `{"name": ...}`), `threshold_method`, `dataset`, `config_name`, `config_hash`, `checkpoint` and
-`checkpoint_epoch`. Any of them may be missing; the report then says what is not recorded.
+`checkpoint_epoch`, and `scores` (`{"decisions", "ranking", "official": text,
+"per_label_probabilities": bool}`: which scores each column uses; without it the report says the
+official score uses the given probabilities). Any of them may be missing; the report then says what
+is not recorded. An evaluation with `official_variants` (rows of `{"scores": name, kappa, f1, auc,
+final}`, as `run_evaluate` adds: the raw and the calibrated scores) gets a table of them.
 """
 
 from __future__ import annotations
@@ -208,8 +212,8 @@ def _context_value(value: Any) -> str | list[str]:
 
 
 def _check_inputs(
-    evaluation: Mapping[str, Any], truth: Any, prob: Any, context: Any
-) -> tuple[np.ndarray, np.ndarray]:
+    evaluation: Mapping[str, Any], truth: Any, prob: Any, context: Any, rank_prob: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Refuse an evaluation that is not `evaluate_predictions` output or that was computed from other
     data than `truth`, which would make the figures contradict the tables."""
     if not isinstance(evaluation, Mapping):
@@ -242,7 +246,8 @@ def _check_inputs(
                 f"truth does not match the evaluation: class {row['label']} has {n_pos} positive patients "
                 f"here and {row['n_pos']} in the evaluation"
             )
-    return truth, prob
+    rank = prob if rank_prob is None else check_truth_prob(truth, rank_prob, what="rank_prob")[1]
+    return truth, prob, rank
 
 
 def read_training_log(path: str | Path) -> dict[str, np.ndarray]:
@@ -339,6 +344,49 @@ def _headline_rows(evaluation: Mapping[str, Any]) -> list[tuple[str, Any, str, s
             "every label of a patient right",
         ),
     ]
+
+
+def _official_note(context: Mapping[str, Any]) -> str:
+    """Which scores the official columns (and the rest) are computed from."""
+    scores = context.get("scores")
+    if not isinstance(scores, Mapping):
+        return (
+            "The first four rows are the official ODIR-2019 score: every patient x label entry flattened, "
+            "threshold 0.5 on the given probabilities, as the challenge defines it. The rest use the "
+            "per-class fitted thresholds."
+        )
+    return (
+        "The first four rows are the official ODIR-2019 score, every patient x label entry flattened: "
+        f"kappa and F1 at threshold 0.5 (never the fitted thresholds) on the decision scores "
+        f"({scores.get('decisions')}); AUC pooled over the ranking scores ({scores.get('ranking')}). "
+        "The rest use the per-class fitted thresholds on the decision scores; AUROC and AUPRC rank the "
+        "ranking scores."
+    )
+
+
+def _variant_rows(evaluation: Mapping[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(scores, kappa, F1, AUC, final) for each official-score variant the evaluation carries."""
+    return [
+        (
+            str(v.get("scores")),
+            _num(v.get("kappa")),
+            _num(v.get("f1")),
+            _num(v.get("auc")),
+            _num(v.get("final")),
+        )
+        for v in evaluation.get("official_variants") or []
+    ]
+
+
+_NO_RELIABILITY = (
+    "No reliability diagram: the model's scores are not per-label probabilities (the softmax head "
+    "spreads one probability mass over the labels), so a calibration figure would measure nothing."
+)
+_VARIANT_HEADER = ("scores", "kappa", "F1", "AUC", "final")
+_VARIANT_NOTE = (
+    "The official score of the raw scores (no temperatures) and of the calibrated ones: temperatures "
+    "change values at the 0.5 threshold and, per class, the pooled ranking of the AUC."
+)
 
 
 def _bootstrap_line(evaluation: Mapping[str, Any]) -> str:
@@ -652,6 +700,7 @@ def _undefined_panel(ax: Axes, text: str) -> None:
 
 
 def _roc_figure(evaluation: Mapping[str, Any], truth: np.ndarray, prob: np.ndarray) -> _Figure:
+    """Per-class ROC curves of the ranking scores `prob`."""
     from sklearn.metrics import roc_curve
 
     per_class = evaluation["per_class"]
@@ -686,6 +735,7 @@ def _roc_figure(evaluation: Mapping[str, Any], truth: np.ndarray, prob: np.ndarr
 
 
 def _pr_figure(evaluation: Mapping[str, Any], truth: np.ndarray, prob: np.ndarray) -> _Figure:
+    """Per-class precision-recall curves of the ranking scores `prob`."""
     from sklearn.metrics import precision_recall_curve
 
     per_class = evaluation["per_class"]
@@ -816,17 +866,24 @@ def _render_figures(
     prob: np.ndarray,
     training_log: Mapping[str, np.ndarray] | None,
     checkpoint_epoch: Any,
+    rank: np.ndarray | None = None,
+    probabilities: bool = True,
 ) -> list[_Figure]:
+    """ROC and PR curves of the ranking scores `rank` (default `prob`), confusion matrices, the
+    reliability diagram (only when `probabilities`: a calibration figure of scores that are not
+    per-label probabilities would measure nothing), training curves."""
     import matplotlib
 
+    rank = prob if rank is None else rank
     # Compact panels: the defaults (10 pt) crowd small multiples.
     with matplotlib.rc_context({"font.size": 8, "axes.titlesize": 9, "figure.titlesize": 10}):
         figures = [
-            _roc_figure(evaluation, truth, prob),
-            _pr_figure(evaluation, truth, prob),
+            _roc_figure(evaluation, truth, rank),
+            _pr_figure(evaluation, truth, rank),
             _confusion_figure(evaluation),
-            _reliability_figure(truth, prob),
         ]
+        if probabilities:
+            figures.append(_reliability_figure(truth, prob))
         if training_log is not None:
             figures.append(_training_figure(training_log, checkpoint_epoch))
     return figures
@@ -938,11 +995,7 @@ def _render_html(
     level = _ci_level(evaluation)
     headline = [(name, _num(v), ci, what) for name, v, ci, what in _headline_rows(evaluation)]
     parts.append(f'<section id="{_anchor(SECTION_TITLES[0])}"><h2>{_esc(SECTION_TITLES[0])}</h2>')
-    parts.append(
-        '<p class="note">The first four rows are the official ODIR-2019 score: every patient x label '
-        "entry flattened, threshold 0.5 on the model's (calibrated) probabilities, as the challenge "
-        "defines it. The rest use the per-class fitted thresholds.</p>"
-    )
+    parts.append(f'<p class="note">{_esc(_official_note(context))}</p>')
     parts.append(
         _html_table(
             ("metric", "value", level, "what it is"),
@@ -954,6 +1007,9 @@ def _render_html(
     parts.append(f'<p class="note"><strong>{_esc(OFFICIAL_F1_NOTE)}</strong></p>')
     parts.append(f'<p class="note">{_esc(_bootstrap_line(evaluation))}</p>')
     parts += [f'<p class="note">{_esc(n)}</p>' for n in _extra_notes(evaluation)]
+    if _variant_rows(evaluation):
+        parts.append(f'<p class="note">{_esc(_VARIANT_NOTE)}</p>')
+        parts.append(_html_table(_VARIANT_HEADER, _variant_rows(evaluation), lambda i, k: "n" if k else ""))
     parts.append("</section>")
 
     # 2. paper
@@ -996,6 +1052,8 @@ def _render_html(
         )
     if not any(f.name == "training_curves.png" for f in figures):
         parts.append('<p class="note">Training curves: no training log (metrics.csv) was given.</p>')
+    if not any(f.name == "reliability.png" for f in figures):
+        parts.append(f'<p class="note">{_esc(_NO_RELIABILITY)}</p>')
     parts.append("</section>")
 
     # 5. data and model
@@ -1046,17 +1104,14 @@ def _render_markdown(
         out += [f"> **Warning:** {w}", ""]
 
     out += [f"## {SECTION_TITLES[0]}", ""]
-    out += [
-        "The first four rows are the official ODIR-2019 score: every patient x label entry flattened, "
-        "threshold 0.5 on the model's (calibrated) probabilities, as the challenge defines it. The rest "
-        "use the per-class fitted thresholds.",
-        "",
-    ]
+    out += [_official_note(context), ""]
     headline = [(name, _num(v), ci, what) for name, v, ci, what in _headline_rows(evaluation)]
     out += [_md_table(("metric", "value", level, "what it is"), headline, numeric=(1,)), ""]
     out += [f"**{OFFICIAL_F1_NOTE}**", "", _bootstrap_line(evaluation), ""]
     for note in _extra_notes(evaluation):
         out += [note, ""]
+    if _variant_rows(evaluation):
+        out += [_VARIANT_NOTE, "", _md_table(_VARIANT_HEADER, _variant_rows(evaluation), (1, 2, 3, 4)), ""]
 
     out += [f"## {SECTION_TITLES[1]}", "", _PAPER_NOTE, ""]
     out += [
@@ -1077,6 +1132,8 @@ def _render_markdown(
         out += [f"### {f.title}", "", f"![{f.title}](figures/{f.name})", "", f.caption, ""]
     if not any(f.name == "training_curves.png" for f in figures):
         out += ["Training curves: no training log (metrics.csv) was given.", ""]
+    if not any(f.name == "reliability.png" for f in figures):
+        out += [_NO_RELIABILITY, ""]
 
     out += [f"## {SECTION_TITLES[4]}", ""]
     rows = _context_rows(context)
@@ -1101,6 +1158,7 @@ def write_report(
     prob: Any,
     context: Mapping[str, Any],
     metrics_csv: str | Path | None = None,
+    rank_prob: Any = None,
 ) -> ReportFiles:
     """Write `metrics.json`, `report.md` (+ `figures/*.png`) and a self-contained `report.html`.
 
@@ -1108,18 +1166,31 @@ def write_report(
         out_dir: folder to write into (created when missing); existing report files are replaced.
         evaluation: the output of `eyefuse.eval.metrics.evaluate_predictions` on `truth`, `prob`.
         truth: (patients x labels) 0/1 matrix the evaluation was computed from (for the curves).
-        prob: the same patients' probabilities, as evaluated (calibrated).
+        prob: the same patients' decision scores, as evaluated (calibrated).
         context: data and model description (see the module docstring); rendered as a table.
         metrics_csv: the training log (`metrics.csv` of the run) for the training curves; None: no
             training curves.
+        rank_prob: the ranking scores the evaluation's AUROC/AUPRC used (ROC and PR curves);
+            None: `prob`. The reliability diagram is drawn only when `context["scores"]` does not
+            say `per_label_probabilities: false`.
 
     Raises:
         DataError: the evaluation does not match `truth` / `prob`, or the training log is unreadable.
     """
     out_dir = Path(out_dir)
-    truth_arr, prob_arr = _check_inputs(evaluation, truth, prob, context)
+    truth_arr, prob_arr, rank_arr = _check_inputs(evaluation, truth, prob, context, rank_prob)
     training_log = read_training_log(metrics_csv) if metrics_csv is not None else None
-    figures = _render_figures(evaluation, truth_arr, prob_arr, training_log, context.get("checkpoint_epoch"))
+    scores = context.get("scores")
+    probabilities = not (isinstance(scores, Mapping) and scores.get("per_label_probabilities") is False)
+    figures = _render_figures(
+        evaluation,
+        truth_arr,
+        prob_arr,
+        training_log,
+        context.get("checkpoint_epoch"),
+        rank=rank_arr,
+        probabilities=probabilities,
+    )
 
     json_path = out_dir / "metrics.json"
     atomic_write_json(json_path, to_jsonable(_paths_to_str({"evaluation": evaluation, "context": context})))

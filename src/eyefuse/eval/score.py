@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from eyefuse import ODIR_LABELS
+from eyefuse.data.odir import ZH_COLUMNS, table_kind
 from eyefuse.errors import DataError
 from eyefuse.eval.metrics import OFFICIAL_F1_NOTE, OFFICIAL_THRESHOLD, official_score
 from eyefuse.utils.io import atomic_open
@@ -105,30 +106,33 @@ def _label_value(value: Any) -> int | None:
 
 
 def read_truth(path: str | os.PathLike[str], label_names: Sequence[str] = ODIR_LABELS) -> TruthTable:
-    """Read per-patient truth from an ODIR annotation (`.xlsx`/`.xls`) or a CSV.
+    """Read per-patient truth from an ODIR annotation (an xlsx workbook) or a CSV.
 
-    Needs an `ID` column and one 0/1 column per label (matched by name; other columns are ignored).
-    A file with one row per image (the Kaggle `full_df.csv`) is refused: the official score is
-    per patient.
+    The file is recognised by its content, not its extension (the authors' `off_gt.xls` is an xlsx
+    workbook). Needs an `ID` column and one 0/1 column per label (matched by name; other columns
+    are ignored); the Chinese headers of the OIA-ODIR annotations (编号 for ID, ...) count as their
+    English names. A file with one row per image (the Kaggle `full_df.csv`) is refused: the
+    official score is per patient.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError("truth file not found", file=path)
-    suffix = path.suffix.lower()
     try:
-        if suffix in (".xlsx", ".xlsm", ".xls"):
-            frame = pd.read_excel(path, sheet_name=0, dtype=object)
-        elif suffix == ".csv":
+        kind = table_kind(path)
+        if kind == "xlsx":
+            with open(path, "rb") as f:
+                frame = pd.read_excel(f, sheet_name=0, dtype=object, engine="openpyxl")
+        elif kind == "csv":
             frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
         else:
             raise DataError(
-                f"unsupported truth file type {suffix!r}; give an .xlsx annotation or a .csv", file=path
+                "an old binary Excel (.xls) file is not supported; save it as .xlsx or .csv", file=path
             )
     except DataError:
         raise
     except Exception as e:  # pandas/openpyxl raise many types for unreadable files
         raise DataError(f"cannot read truth file: {e}", file=path) from e
-    columns = [str(c).strip() for c in frame.columns]
+    columns = [ZH_COLUMNS.get(" ".join(str(c).split()), str(c).strip()) for c in frame.columns]
     frame.columns = columns
     per_image = [c for c in _PER_IMAGE_COLUMNS if c in columns]
     if per_image:

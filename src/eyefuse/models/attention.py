@@ -40,6 +40,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from eyefuse.config import ATTENTION_CHOICES
 from eyefuse.errors import ConfigError
 
 #: Initial logit of every sigmoid gate of the multiplicative modules: sigmoid(3) = 0.95.
@@ -212,19 +213,17 @@ class ResidualAttention(nn.Module):
         return x + self.gamma.to(x.dtype) * refined
 
 
-#: name -> (constructor taking channels and keyword options, one-line description)
+_ATTENTION_CTORS: dict[str, Callable[..., nn.Module] | None] = {
+    "none": None,
+    "se": SqueezeExcite,
+    "eca": EfficientChannelAttention,
+    "cbam": CBAM,
+    "residual_attention": ResidualAttention,
+}
+#: name -> (constructor taking channels and keyword options, one-line description); the names and
+#: descriptions are `eyefuse.config.ATTENTION_CHOICES` (light, for `eyefuse models`).
 ATTENTION_TYPES: dict[str, tuple[Callable[..., nn.Module] | None, str]] = {
-    "none": (None, "no attention (the plain backbone)"),
-    "se": (SqueezeExcite, "squeeze-excitation channel gate, reduction 16"),
-    "eca": (
-        EfficientChannelAttention,
-        "efficient channel attention: 1-D conv across channels, adaptive size",
-    ),
-    "cbam": (CBAM, "CBAM: channel gate (avg+max MLP) then 7x7 spatial gate over channel mean and max"),
-    "residual_attention": (
-        ResidualAttention,
-        "the paper's block: SE channel gate then 7x7 spatial gate, added residually (x + gamma*x*M)",
-    ),
+    name: (_ATTENTION_CTORS[name], text) for name, text in ATTENTION_CHOICES.items()
 }
 
 

@@ -28,13 +28,11 @@ import torch
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
+from eyefuse.config import PLACEMENT_CHOICES
 from eyefuse.errors import CheckpointError, ConfigError
 from eyefuse.models.attention import create_attention
 
-PLACEMENTS: dict[str, str] = {
-    "last": "one attention module after the last stage (any backbone)",
-    "all": "one attention module in every residual block, before the addition (timm ResNet family only)",
-}
+PLACEMENTS: dict[str, str] = PLACEMENT_CHOICES
 
 #: Prefixes stripped from weight-file keys: DataParallel/DDP, Lightning-style and wrapper modules.
 STRIP_PREFIXES = ("module.", "backbone.", "body.", "model.", "_orig_mod.")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from eyefuse import ODIR_LABELS
-from eyefuse.config import ModelConfig
+from eyefuse.config import HEAD_CHOICES, ModelConfig
 from eyefuse.errors import ConfigError
 from eyefuse.models.attention import ATTENTION_TYPES, recording_allowed, spatial_gates
 from eyefuse.models.backbone import (
@@ -27,10 +27,10 @@ from eyefuse.models.backbone import (
 )
 from eyefuse.models.fusion import FUSION_TYPES, create_fusion, global_pool
 
-HEADS: dict[str, str] = {
-    "sigmoid": "independent per-label probabilities (multi-label; BCE, focal or ASL loss)",
-    "softmax": "the paper's softmax over the labels; probabilities = softmax / its row maximum",
-}
+HEADS: dict[str, str] = HEAD_CHOICES
+
+#: The label that means "nothing found": under the ODIR rule a patient has it only when both eyes do.
+NORMAL_LABEL = "N"
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -41,8 +41,8 @@ class BinocularNet(nn.Module):
 
     Build it with `build_model`. Modules: ``backbone`` (shared by both eyes) or ``backbone_left`` and
     ``backbone_right`` (``shared_backbone=False``), ``fusion``, ``head_drop`` + ``head``, and
-    ``aux_head`` (one per-eye classifier applied to each eye, when ``aux_eye_heads`` and the fusion is
-    not ``single``).
+    ``aux_head`` (one per-eye sigmoid classifier applied to each eye, when ``aux_eye_heads``; with the
+    ``single`` fusion and the sigmoid head the head's own per-eye logits serve instead).
 
     Attributes:
         cfg: the `ModelConfig` it was built from (``num_classes`` = ``len(label_names)``).
@@ -72,11 +72,17 @@ class BinocularNet(nn.Module):
         self.fusion = create_fusion(cfg.fusion, self.num_features)
         self.head_drop = nn.Dropout(cfg.drop_rate)
         self.head = nn.Linear(self.fusion.out_dim, len(self.label_names))
-        # With `single` fusion the head already classifies each eye: its per-eye logits are the aux ones.
+        # With `single` fusion and a sigmoid head the head already gives each eye sigmoid logits: they
+        # are the auxiliary ones. A softmax head's per-eye logits are not sigmoid logits (the auxiliary
+        # loss is a BCE), so it gets its own per-eye sigmoid classifier like every other fusion.
         self.aux_head = (
             nn.Linear(self.num_features, len(self.label_names))
-            if cfg.aux_eye_heads and not self.fusion.per_eye
+            if cfg.aux_eye_heads and not (self.fusion.per_eye and cfg.head == "sigmoid")
             else None
+        )
+        #: Column of the normal label (`NORMAL_LABEL`), or None when the labels have none.
+        self.normal_index: int | None = (
+            self.label_names.index(NORMAL_LABEL) if NORMAL_LABEL in self.label_names else None
         )
         self._map_batch = 0
 
@@ -160,7 +166,8 @@ class BinocularNet(nn.Module):
         Returns:
             ``logits`` (B x L); with ``aux_eye_heads`` also ``left_logits``, ``right_logits``
             (B x L, each eye alone; for an absent eye they are the other eye's, so mask that eye's
-            auxiliary loss). With ``single`` fusion ``logits`` is the maximum of the per-eye logits.
+            auxiliary loss). With ``single`` fusion ``logits`` combines the per-eye logits by the
+            ODIR rule (`combine_eye_logits`).
         """
         feat_left, feat_right = self.forward_features(left, right)
         out: dict[str, torch.Tensor] = {}
@@ -170,8 +177,11 @@ class BinocularNet(nn.Module):
         fused = self.fusion(feat_left, feat_right)
         if self.fusion.per_eye:
             eye_logits = self.forward_head(fused)  # 2 x B x L
-            out["logits"] = torch.maximum(eye_logits[0], eye_logits[1])
-            if self.cfg.aux_eye_heads:
+            out["logits"] = combine_eye_logits(eye_logits[0], eye_logits[1], self.cfg.head, self.normal_index)
+            if self.aux_head is not None:
+                out["left_logits"] = self.aux_head(global_pool(feat_left))
+                out["right_logits"] = self.aux_head(global_pool(feat_right))
+            elif self.cfg.aux_eye_heads:
                 out["left_logits"], out["right_logits"] = eye_logits[0], eye_logits[1]
         else:
             out["logits"] = self.forward_head(fused)
@@ -212,8 +222,12 @@ class BinocularNet(nn.Module):
     # --- outputs ---------------------------------------------------------------------------------
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        """Per-label scores in [0, 1] from logits (``... x L``): see `head_probabilities`."""
+        """Per-label decision scores in [0, 1] from logits (``... x L``): see `head_probabilities`."""
         return head_probabilities(logits, self.cfg.head)
+
+    def ranking_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-label probabilities for ranking metrics (AUROC, AUPRC): see `ranking_probabilities`."""
+        return ranking_probabilities(logits, self.cfg.head)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """0-255 pixels (uint8 or float, ``[B x] 3 x H x W``, RGB) -> the model's normalised float input."""
@@ -251,14 +265,61 @@ class BinocularNet(nn.Module):
         return maps
 
 
+def combine_eye_logits(
+    left: torch.Tensor, right: torch.Tensor, head: str, normal_index: int | None
+) -> torch.Tensor:
+    """Patient logits (``B x L``) from each eye's logits by the ODIR rule, for the ``single`` fusion.
+
+    A patient has a disease when either eye has it (maximum over the eyes) and is normal only when
+    both eyes are (minimum over the eyes for the label at ``normal_index``; None: no such label).
+    The combination is taken on quantities whose order is the probabilities' order, so it is the
+    rule applied to probabilities and stays differentiable (a subgradient, like ReLU):
+
+    - ``sigmoid``: the sigmoid is increasing, so the logit of max(p_left, p_right) is the maximum of
+      the logits, and the logit of the minimum is the minimum;
+    - ``softmax``: raw logits carry an arbitrary per-eye offset (the softmax ignores it), so each eye
+      is first turned into log-probabilities (``log_softmax``), which are combined the same way; the
+      patient's softmax then renormalises the combined per-eye probabilities.
+
+    A missing eye must not count: `BinocularNet` replaces its features by the other eye's, so both
+    eyes' logits are equal and either rule returns the present eye's own values.
+    """
+    if head == "softmax":
+        left, right = torch.log_softmax(left, dim=-1), torch.log_softmax(right, dim=-1)
+    elif head != "sigmoid":
+        raise ValueError(f"unknown head {head!r}")
+    out = torch.maximum(left, right)
+    if normal_index is None:
+        return out
+    is_normal = torch.arange(left.shape[-1], device=left.device) == normal_index
+    return torch.where(is_normal, torch.minimum(left, right), out)
+
+
+def ranking_probabilities(logits: torch.Tensor, head: str) -> torch.Tensor:
+    """Per-label probabilities in [0, 1] for ranking metrics (AUROC, AUPRC, the official pooled AUC).
+
+    ``sigmoid``: the sigmoid (the same as `head_probabilities`). ``softmax``: the softmax itself. The
+    decision scores of the softmax head (softmax / its row maximum) give every patient's top label
+    exactly 1.0, which ties patients that the softmax still orders and lowers AUROC; so rankings use
+    the softmax and thresholds and decisions use `head_probabilities`.
+    """
+    if head == "sigmoid":
+        return torch.sigmoid(logits)
+    if head != "softmax":
+        raise ValueError(f"unknown head {head!r}")
+    return torch.softmax(logits, dim=-1)
+
+
 def head_probabilities(logits: torch.Tensor, head: str) -> torch.Tensor:
-    """Per-label scores in [0, 1] from logits (``... x L``) by the head's rule.
+    """Per-label decision scores in [0, 1] from logits (``... x L``) by the head's rule.
 
     ``sigmoid`` head: the sigmoid. ``softmax`` head: the softmax divided by its row maximum. The
     paper classifies the 8 labels with a softmax, but a patient can have several labels: a softmax
     spreads the mass over them (k equally likely labels get 1/k each, which a 0.5 threshold would
-    miss for k >= 2). Dividing by the row maximum keeps the ranking and gives 1.0 to each of k
-    labels that share the mass equally, so thresholds mean the same for one label or several.
+    miss for k >= 2). Dividing by the row maximum keeps the ranking within a patient and gives 1.0
+    to each of k labels that share the mass equally, so thresholds mean the same for one label or
+    several. It ties every patient's top label at 1.0, so ranking metrics across patients use
+    `ranking_probabilities` instead.
     """
     if head == "sigmoid":
         return torch.sigmoid(logits)
@@ -340,4 +401,13 @@ def build_model(
     return model
 
 
-__all__ = ["HEADS", "BinocularNet", "build_model", "count_parameters"]
+__all__ = [
+    "HEADS",
+    "NORMAL_LABEL",
+    "BinocularNet",
+    "build_model",
+    "combine_eye_logits",
+    "count_parameters",
+    "head_probabilities",
+    "ranking_probabilities",
+]

@@ -3,7 +3,8 @@
 Every fusion module takes ``(feat_left, feat_right)`` and exposes its output width as ``.out_dim``.
 The ``single`` module is the exception that proves the interface: it does not fuse, it returns both
 eyes' pooled vectors stacked as ``2 x B x C`` (``.per_eye = True``) so that the head classifies each
-eye alone and the patient takes the maximum (the ablation's no-fusion baseline).
+eye alone and the patient follows the ODIR rule: a disease when either eye has it, normal only when
+both eyes are (`eyefuse.models.binocular.combine_eye_logits`; the ablation's no-fusion baseline).
 
 All modules are symmetric in the sense that matters for training with mirror-and-swap augmentation:
 the same weights process both eyes (the order only decides which half of a concatenation is which).
@@ -16,6 +17,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from eyefuse.config import FUSION_CHOICES
 from eyefuse.errors import ConfigError
 from eyefuse.models.attention import float32_gate
 
@@ -132,21 +134,19 @@ class SingleEye(nn.Module):
         return torch.stack([global_pool(feat_left), global_pool(feat_right)], dim=0)
 
 
-#: name -> (constructor taking channels and keyword options, one-line description)
+_FUSION_CTORS: dict[str, Callable[..., nn.Module]] = {
+    "concat": lambda c, **kw: PooledFusion("concat", c, **kw),
+    "sum": lambda c, **kw: PooledFusion("sum", c, **kw),
+    "max": lambda c, **kw: PooledFusion("max", c, **kw),
+    "mul": lambda c, **kw: PooledFusion("mul", c, **kw),
+    "ffm": FeatureMapFusion,
+    "cross_attention": CrossAttentionFusion,
+    "single": SingleEye,
+}
+#: name -> (constructor taking channels and keyword options, one-line description); the names and
+#: descriptions are `eyefuse.config.FUSION_CHOICES` (light, for `eyefuse models`).
 FUSION_TYPES: dict[str, tuple[Callable[..., nn.Module], str]] = {
-    "concat": (lambda c, **kw: PooledFusion("concat", c, **kw), "pool each eye, concatenate (D = 2C)"),
-    "sum": (lambda c, **kw: PooledFusion("sum", c, **kw), "pool each eye, add (D = C)"),
-    "max": (lambda c, **kw: PooledFusion("max", c, **kw), "pool each eye, element-wise maximum (D = C)"),
-    "mul": (lambda c, **kw: PooledFusion("mul", c, **kw), "pool each eye, element-wise product (D = C)"),
-    "ffm": (
-        FeatureMapFusion,
-        "the paper's module: cat maps -> conv3x3-BN-ReLU -> conv1x1, x alpha, + eye mean, pool (D = C)",
-    ),
-    "cross_attention": (
-        CrossAttentionFusion,
-        "each eye's feature tokens attend to the other eye's (8 heads, 256-d), pool, concatenate (D = 512)",
-    ),
-    "single": (SingleEye, "no fusion: classify each eye alone, patient = maximum over eyes (baseline)"),
+    name: (_FUSION_CTORS[name], text) for name, text in FUSION_CHOICES.items()
 }
 
 

@@ -276,6 +276,57 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def allowed_hosts_for(host: str, extra: Sequence[str] | None = None) -> list[str]:
+    """The Host header names the service answers when bound to `host`: for a loopback address its
+    local names (so a web page of another site that rebinds its DNS name to 127.0.0.1 is refused),
+    for a specific address that address, for a wildcard bind (0.0.0.0, ::) any name. `extra`
+    (`--allowed-hosts`) replaces the list; ``*`` allows every name."""
+    if extra:
+        return [h.strip().strip("[]") for h in extra if h.strip()]
+    if _is_loopback(host):
+        return sorted({host.strip("[]"), "127.0.0.1", "localhost", "::1"})
+    if host in ("0.0.0.0", "::", ""):
+        return ["*"]
+    return [host.strip("[]")]
+
+
+class HostCheck:
+    """Pure ASGI middleware answering 400 to a request whose Host header (without its port) is not
+    one of `allowed` (DNS rebinding: a foreign page reaching a local service under its own name)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], allowed: Sequence[str]) -> None:
+        self.app = app
+        self.allowed = {h.lower() for h in allowed}
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket") and "*" not in self.allowed:
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+            name = _host_name(headers.get("host", ""))
+            if name not in self.allowed:
+                body = b'{"detail": "Host header not allowed (see eyefuse serve --allowed-hosts)"}'
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 400,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def _host_name(header: str) -> str:
+    """`example.org:8000` -> `example.org`; `[::1]:8000` -> `::1`."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1 : header.find("]")] if "]" in header else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
 def checkpoint_name(source: Path) -> str:
     """How `/v1/model` names the model: the ONNX file name, or a checkpoint folder's last two
     components (``run/best``); never the full server path."""
@@ -353,10 +404,12 @@ class Service:
 
     def prepare(self, patient_id: str, uploads: Mapping[str, Upload | None]) -> PreparedPair:
         """Preprocess the uploaded eyes; an unusable upload is a `RequestError` with its status."""
+        from eyefuse.data.laterality import input_warnings, same_photograph
         from eyefuse.data.preprocess import PreprocessError, preprocess_image
 
         images: dict[str, np.ndarray | None] = {}
         fovs: dict[str, Any] = {}
+        notes: dict[str, list[str]] = {side: [] for side in SIDES}
         for side in SIDES:
             upload = uploads.get(side)
             images[side], fovs[side] = None, None
@@ -366,7 +419,7 @@ class Service:
             where = f"form field {side!r}{named}"
             try:
                 images[side], fovs[side] = preprocess_image(
-                    bytes(upload.data), self.predictor.preprocess, name=where
+                    bytes(upload.data), self.predictor.preprocess, name=where, notes=notes[side]
                 )
             except PreprocessError as e:
                 raise RequestError(status_for_reason(e.reason), f"{where}: {e.reason}") from None
@@ -376,6 +429,9 @@ class Service:
             f"{side} eye: no image given; predicted from the {'right' if side == 'left' else 'left'} eye only"
             for side in missing
         ]
+        left, right = (uploads.get(side) for side in SIDES)
+        same = same_photograph(*(None if u is None else u.data for u in (left, right)))
+        warnings += input_warnings(images, same_file=same, notes=notes)
         return PreparedPair(patient_id, images, fovs, warnings)
 
     def predict(self, patient_id: str, uploads: Mapping[str, Upload | None]) -> dict[str, Any]:
@@ -603,6 +659,7 @@ def create_app(
     max_concurrency: int = 2,
     device: str = "cpu",
     queue_timeout_s: float = QUEUE_TIMEOUT_S,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> FastAPI:
     """The FastAPI application serving `checkpoint` (checkpoint folder, run folder or ``.onnx``).
 
@@ -612,6 +669,8 @@ def create_app(
         max_concurrency: requests whose model work runs at once; others wait.
         device: torch device for a PyTorch checkpoint (ONNX runs on the CPU).
         queue_timeout_s: how long a request waits for a free slot before it is answered 503.
+        allowed_hosts: Host header names answered (others get 400); None answers any (`serve`
+            always passes `allowed_hosts_for` its address).
     """
     if not (isinstance(max_upload_mb, (int, float)) and math.isfinite(max_upload_mb) and max_upload_mb > 0):
         raise ConfigError(f"--max-upload-mb must be a positive number of MB, not {max_upload_mb!r}")
@@ -643,6 +702,8 @@ def create_app(
     )
     app.state.service = service
     app.add_middleware(SecurityHeaders)
+    if allowed_hosts is not None:
+        app.add_middleware(HostCheck, allowed=list(allowed_hosts))  # outermost: checked first
     _install_handlers(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
@@ -692,11 +753,13 @@ def serve(
     device: str = "cpu",
     queue_timeout_s: float = QUEUE_TIMEOUT_S,
     log_level: str = "info",
+    allowed_hosts: Sequence[str] | None = None,
 ) -> None:
     """`eyefuse serve`: load the model and serve it with uvicorn until interrupted (Ctrl-C).
 
     Binds 127.0.0.1 by default; the service has no authentication, so another address is logged
-    as a warning.
+    as a warning. Requests whose Host header does not name the address served are refused
+    (`allowed_hosts_for`; `allowed_hosts` replaces that list, ``*`` allows any).
     """
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ConfigError(f"--port must be between 0 and 65535, not {port!r}")
@@ -706,6 +769,7 @@ def serve(
         max_concurrency=max_concurrency,
         device=device,
         queue_timeout_s=queue_timeout_s,
+        allowed_hosts=allowed_hosts_for(host, allowed_hosts),
     )
     import uvicorn
 
@@ -720,8 +784,10 @@ def serve(
 
 __all__ = [
     "REASON_STATUS",
+    "HostCheck",
     "RequestError",
     "Service",
+    "allowed_hosts_for",
     "checkpoint_name",
     "create_app",
     "read_multipart",

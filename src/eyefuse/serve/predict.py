@@ -17,9 +17,9 @@ Decisions where the task left room:
   rather than JSON: machine-readable output is what `--out` is for.
 - A CSV row with no image in either cell is not an error of the file: that patient is reported as
   failed like any other patient without a usable eye, and the other rows go on.
-- In a folder, every entry that is not `{ID}_left.<ext>` / `{ID}_right.<ext>` (ext jpg, jpeg, png,
-  tif, tiff, any case) is counted and named in the summary; two files for the same eye of the same
-  patient are an error, since either choice would be a guess.
+- In a folder, every entry that is not `{ID}_left.<ext>` / `{ID}_right.<ext>` (ext: any image format
+  Pillow opens, as for `--left`, any case) is counted and named in the summary; two files for the
+  same eye of the same patient are an error, since either choice would be a guess.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from eyefuse.config import PreprocessConfig, config_from_dict
 from eyefuse.errors import CheckpointError, ConfigError, DataError
@@ -45,14 +46,18 @@ EyeSource = Path | str | bytes | None
 PatientInput = tuple[str, EyeSource, EyeSource]
 
 SIDES = ("left", "right")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+#: File extensions `--dir` takes: every format Pillow opens, which is what `--left`/`--right` accept
+#: (a photograph is decoded by its content, `eyefuse.data.preprocess.decode_image`).
+IMAGE_SUFFIXES: tuple[str, ...] = tuple(
+    sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+)
 ONNX_SIDECAR_SUFFIX = ".json"
 #: The inputs and outputs of an exported model (see `eyefuse.serve.export`).
 ONNX_INPUTS = ("left", "right", "left_present", "right_present")
 ONNX_OUTPUTS = ("probabilities", "logits")
 #: The newest sidecar format this version reads.
 ONNX_SIDECAR_VERSION = 1
-_EYE_FILE = re.compile(r"^(?P<id>.+)_(?P<side>left|right)\.(?P<ext>jpe?g|png|tiff?)$", re.IGNORECASE)
+_EYE_FILE = re.compile(r"^(?P<id>.+)_(?P<side>left|right)(?P<ext>\.[A-Za-z0-9]+)$", re.IGNORECASE)
 _SHOW = 10  # how many names a summary lists before "and N more"
 
 
@@ -260,19 +265,30 @@ class Predictor:
             "head": self.head,
             "label_names": list(self.label_names),
             "thresholds": [float(x) for x in self.thresholds],
+            "decision_rule": self.decision_rule(),
             "temperatures": None if self.meta.get("temperatures") is None else self.temperatures.tolist(),
             "preprocess": dict(self.meta["preprocess"]),
         }
+
+    def decision_rule(self) -> str:
+        """Where the decided labels come from: the fitted per-class thresholds, not the official 0.5."""
+        if self.meta.get("thresholds") is None:
+            return "probability > 0.5 for every label (the checkpoint has no fitted thresholds)"
+        split = (self.meta.get("calibration_split") or {}).get("name") or "an unrecorded split"
+        method = self.meta.get("threshold_method") or "unrecorded method"
+        return f"probability > the fitted per-class thresholds ({method} on {split}), not the official 0.5"
 
     # -- preprocessing --
 
     def prepare_pair(self, patient_id: str, left: EyeSource, right: EyeSource) -> PreparedPair:
         """Preprocess both eyes of a patient; an unusable eye becomes absent with a warning."""
+        from eyefuse.data.laterality import input_warnings, same_photograph
         from eyefuse.data.preprocess import PreprocessError, preprocess_image
 
         images: dict[str, np.ndarray | None] = {}
         fovs: dict[str, Any] = {}
         problems: dict[str, str] = {}
+        notes: dict[str, list[str]] = {side: [] for side in SIDES}
         for side, source in zip(SIDES, (left, right), strict=True):
             images[side], fovs[side] = None, None
             if source is None:
@@ -286,7 +302,9 @@ class Predictor:
                 else f"patient {patient_id} {side} eye {_describe_source(source)}"
             )
             try:
-                images[side], fovs[side] = preprocess_image(source, self.preprocess, name=name)
+                images[side], fovs[side] = preprocess_image(
+                    source, self.preprocess, name=name, notes=notes[side]
+                )
             except PreprocessError as e:
                 problems[side] = f"{side} eye unusable: {e}"
         if len(problems) == 2:
@@ -297,6 +315,7 @@ class Predictor:
             f"{msg}; predicted from the {'right' if side == 'left' else 'left'} eye only"
             for side, msg in problems.items()
         ]
+        warnings += input_warnings(images, same_file=same_photograph(left, right), notes=notes)
         return PreparedPair(patient_id, images, fovs, warnings)
 
     # -- model --
@@ -451,7 +470,7 @@ class PairInputs(Sequence[PatientInput]):
             return []
         return [
             f"{len(self.ignored)} entr{'y' if len(self.ignored) == 1 else 'ies'} in {self.source} ignored "
-            f"(not {{ID}}_left/{{ID}}_right.{{jpg,jpeg,png,tif,tiff}}): {_listing(self.ignored)}"
+            f"(not {{ID}}_left/{{ID}}_right.<image extension>): {_listing(self.ignored)}"
         ]
 
 
@@ -532,9 +551,15 @@ def _id_key(pid: str) -> tuple[int, int, str]:
     return (0, int(pid), "") if pid.isdigit() else (1, 0, pid)
 
 
+def _eye_file(name: str) -> re.Match[str] | None:
+    """`{ID}_left.<ext>` / `{ID}_right.<ext>` with an image extension (any case), else None."""
+    m = _EYE_FILE.match(name)
+    return m if m is not None and m["ext"].lower() in IMAGE_SUFFIXES else None
+
+
 def pairs_from_dir(folder: str | Path) -> PairInputs:
-    """Patients from a folder of `{ID}_left.<ext>` / `{ID}_right.<ext>` files (ext jpg, jpeg, png,
-    tif, tiff, any case), sorted by ID (numerically where IDs are numbers).
+    """Patients from a folder of `{ID}_left.<ext>` / `{ID}_right.<ext>` files (ext: any format in
+    `IMAGE_SUFFIXES`, any case), sorted by ID (numerically where IDs are numbers).
 
     A patient with only one eye's file is kept (predicted from that eye, with a warning); every other
     entry of the folder is counted and named in `ignored`.
@@ -545,7 +570,7 @@ def pairs_from_dir(folder: str | Path) -> PairInputs:
     found: dict[str, dict[str, Path]] = {}
     ignored: list[str] = []
     for entry in sorted(folder.iterdir()):
-        m = _EYE_FILE.match(entry.name)
+        m = _eye_file(entry.name)
         if m is None or not entry.is_file():
             ignored.append(entry.name + ("/" if entry.is_dir() else ""))
             continue
@@ -568,7 +593,7 @@ def pairs_from_dir(folder: str | Path) -> PairInputs:
 def pair_id_from_files(left: Path | None, right: Path | None) -> str:
     """The patient ID of a single pair: the `{ID}` of the `{ID}_left/right.*` file names when those
     that follow the pattern agree, else the stem of the first given file."""
-    ids = {m["id"] for p in (left, right) if p is not None and (m := _EYE_FILE.match(p.name))}
+    ids = {m["id"] for p in (left, right) if p is not None and (m := _eye_file(p.name))}
     if len(ids) == 1:
         return ids.pop()
     first = left if left is not None else right
@@ -761,6 +786,7 @@ def run_predict(
         rp = Path(right) if right else None
         pairs = [(pair_id_from_files(lp, rp), lp, rp)]
     predictor = Predictor.from_checkpoint(checkpoint, device=device)
+    notes.append(f"decisions: {predictor.decision_rule()}")
     preds = predictor.predict_pairs(pairs, batch_size=batch_size, progress=progress and len(pairs) > 1)
     written = None
     if out is not None:

@@ -5,8 +5,10 @@ A checkpoint is a folder (`RUN/best`, `RUN/last`) holding
 - `meta.json`: the resolved config, label names, preprocessing settings, thresholds and
   temperatures once fitted, split file hash, seed, versions, git commit, epoch and metrics;
 - for resumable checkpoints, `train_state.safetensors` + `train_state.json`: optimiser, scheduler,
-  EMA, grad scaler, epoch, history and RNG states. Nested Python state is stored as a JSON skeleton
-  whose tensors are replaced by references into the safetensors file.
+  EMA, grad scaler, epoch and history. Nested Python state is stored as a JSON skeleton whose
+  tensors are replaced by references into the safetensors file. No random-number-generator state is
+  saved: the training engine derives every random stream of an epoch from (seed, epoch, rank)
+  (`eyefuse.train.engine.epoch_seed`), so a resumed run recreates them from the recorded seed.
 
 A folder is written under a temporary name and swapped into place, so a kill at any moment leaves
 either the old or the new checkpoint, never a mixture (`resolve_checkpoint_dir` recovers the one
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from eyefuse.errors import CheckpointError
@@ -36,6 +39,9 @@ META_FILE = "meta.json"
 STATE_FILE = "train_state.safetensors"
 STATE_JSON = "train_state.json"
 FORMAT_VERSION = 1
+#: Key of the safetensors header that records the label names the weights were trained for, so that
+#: a `meta.json` edited by hand (labels renamed or reordered) is refused instead of mislabelling.
+LABELS_KEY = "eyefuse_label_names"
 
 
 def flatten_state(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "s") -> Any:
@@ -151,7 +157,11 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, str(tmp / MODEL_FILE))
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model_state.items()},
+        str(tmp / MODEL_FILE),
+        metadata={LABELS_KEY: json.dumps(list(meta.get("label_names") or []))},
+    )
     if train_state is not None:
         tensors: dict[str, torch.Tensor] = {}
         skeleton = flatten_state(train_state, tensors)
@@ -210,7 +220,43 @@ def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(f"{ckpt / META_FILE}: unreadable checkpoint metadata: {e}") from e
     if not isinstance(meta, dict) or "config" not in meta or "label_names" not in meta:
         raise CheckpointError(f"{ckpt / META_FILE}: not eyefuse checkpoint metadata (no config/label_names)")
+    version = meta.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
+        raise CheckpointError(
+            f"{ckpt / META_FILE}: format_version {version!r} is not one this eyefuse reads (1 to "
+            f"{FORMAT_VERSION}); a newer eyefuse wrote it, or the file was edited"
+        )
+    names = meta["label_names"]
+    if (
+        not isinstance(names, list)
+        or not names
+        or not all(isinstance(n, str) and n for n in names)
+        or len(set(names)) != len(names)
+    ):
+        raise CheckpointError(
+            f"{ckpt / META_FILE}: label_names must be a list of distinct names, not {names!r}"
+        )
+    saved = _weights_label_names(ckpt / MODEL_FILE)
+    if saved is not None and saved != names:
+        raise CheckpointError(
+            f"{ckpt / META_FILE}: label_names {names} differ from those the weights were saved with "
+            f"{saved} (was the file edited?)"
+        )
     return meta
+
+
+def _weights_label_names(path: Path) -> list[str] | None:
+    """The label names recorded in a weights file's header (None for files saved before they were
+    recorded, or when the file is missing; `load_model_state` reports that)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(LABELS_KEY)
+    except Exception:  # missing or corrupt weights: reported when they are loaded
+        return None
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
 
 
 def load_model_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ import hashlib
 import io
 import math
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator, Sequence
@@ -28,7 +29,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from eyefuse.config import Config, config_from_dict, load_config, save_config
+from eyefuse.config import Config, config_from_dict, resume_config, save_config
 from eyefuse.errors import ConfigError, EyefuseError
 from eyefuse.train import checkpoint as ckpt
 from eyefuse.train.distributed import (
@@ -43,7 +44,7 @@ from eyefuse.train.distributed import (
     shard_indices,
     shutdown_distributed,
 )
-from eyefuse.utils.io import atomic_write_text, sha256_file
+from eyefuse.utils.io import atomic_write_text, sha256_file, writable_dir_problem
 
 METRIC_COLUMNS = (
     "epoch",
@@ -134,7 +135,8 @@ def prepared_loader(
 ) -> CachedLoader:
     """Preprocess (once, into the cache; rank 0 only) every usable eye of `patients` with the run's
     preprocessing settings, and return the loader that reads them back. Used by training and by
-    evaluation, so both read the same cache the same way."""
+    evaluation, so both read the same cache the same way. `loader.failed` names the eyes that
+    failed (path -> reason), so callers can set aside patients left without a usable eye."""
     from eyefuse.data.cache import PreprocessCache, prepare_images
     from eyefuse.data.prepare import default_cache_dir
 
@@ -142,6 +144,12 @@ def prepared_loader(
     paths = sorted({str(p.eye_path(s)) for p in patients for s in ("left", "right") if p.eye_path(s)})
     failed: dict[str, str] = {}
     if info.is_main:
+        problem = writable_dir_problem(cache_dir)
+        if problem:
+            raise ConfigError(
+                f"cannot write the preprocessing cache {cache_dir} ({problem}): choose a writable "
+                "folder with --cache-dir DIR (prepare) or --set data.cache_dir=DIR (train, evaluate)"
+            )
         result = prepare_images([Path(p) for p in paths], cfg.preprocess, cache_dir, progress=progress)
         failed = {str(path): reason for path, reason in result.failed}
     failed = broadcast_object(failed, info)
@@ -159,20 +167,26 @@ class RunData:
     split_hash: str
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> count
     failed_images: int = 0
+    set_aside: list[tuple[Any, str, str]] = field(default_factory=list)  # (patient, split, reason)
+    set_aside_file: Path | None = None
 
     def summary(self) -> str:
+        from eyefuse.data.dataset import describe_set_aside
+
         parts = [f"{name} {len(p)}" for name, p in self.splits.items()]
         text = "patients: " + ", ".join(parts)
         if self.failed_images:
             text += f"; {self.failed_images} images failed preprocessing (that eye is treated as missing)"
-        for reason, n in self.dropped.items():
-            text += f"; dropped {n} patients ({reason})"
+        if self.set_aside:
+            text += "\n" + describe_set_aside(self.set_aside, self.set_aside_file or "set_aside.csv")
         return text
 
 
 def load_run_data(cfg: Config, run_dir: Path, info: DistInfo, progress: bool) -> RunData:
-    """Load the dataset, make or read the split (saved in the run folder), prepare the cache."""
-    from eyefuse.data.dataset import usable_patients
+    """Load the dataset, make or read the split (saved in the run folder), prepare the cache, and
+    set aside (count, list in `set_aside.csv`) every patient of every split whose eyes are all
+    missing, excluded or failed preprocessing, before any epoch starts."""
+    from eyefuse.data.dataset import set_aside_reasons, usable_patients, write_set_aside
     from eyefuse.data.odir import load_dataset
     from eyefuse.data.splits import apply_split, split_dataset
 
@@ -196,17 +210,21 @@ def load_run_data(cfg: Config, run_dir: Path, info: DistInfo, progress: bool) ->
         )
     barrier(info)
     splits = apply_split(dataset, run_split)
+    loader = prepared_loader(cfg, cfg.data.root, [p for ps in splits.values() for p in ps], progress, info)
     dropped: dict[str, int] = {}
+    set_aside: list[tuple[Any, str, str]] = []
     for name in list(splits):
-        kept, lost = usable_patients(splits[name])
+        kept, lost = usable_patients(splits[name], loader.failed)
         splits[name] = kept
+        set_aside += [(p, name, set_aside_reasons(p, loader.failed)) for p in lost]
         if lost:
             dropped[f"no usable eye in {name}"] = len(lost)
+    set_aside_file = run_dir / "set_aside.csv"
+    if info.is_main:
+        write_set_aside(set_aside_file, set_aside)
     for required in ("train", "val"):
         if not splits.get(required):
-            raise EyefuseError(f"split {run_split} has no {required!r} patients")
-
-    loader = prepared_loader(cfg, cfg.data.root, [p for ps in splits.values() for p in ps], progress, info)
+            raise EyefuseError(f"split {run_split} has no {required!r} patients with a usable eye")
     return RunData(
         label_names=tuple(dataset.label_names),
         splits=splits,
@@ -215,6 +233,8 @@ def load_run_data(cfg: Config, run_dir: Path, info: DistInfo, progress: bool) ->
         split_hash=sha256_file(run_split),
         dropped=dropped,
         failed_images=len(loader.failed),
+        set_aside=set_aside,
+        set_aside_file=set_aside_file,
     )
 
 
@@ -536,20 +556,27 @@ def evaluate(
 
 
 def validation_scores(model: nn.Module, result: dict[str, Any]) -> dict[str, float]:
-    """Official ODIR score (at 0.5, as the challenge defines it) and macro AUROC of a validation pass."""
-    from eyefuse.eval.metrics import macro_auroc, official_score
+    """Official ODIR score (at 0.5, as the challenge defines it) and macro AUROC of a validation pass,
+    scored as evaluation scores (`eyefuse.eval.calibration.scores_from_logits`)."""
+    from eyefuse.eval.calibration import scores_from_logits
 
-    prob = _unwrap(model).probabilities(torch.from_numpy(result["logits"])).numpy()
-    truth = result["labels"].astype(int)
-    official = official_score(truth, prob)
+    official = scores_from_logits(result["labels"].astype(int), result["logits"], _unwrap(model).cfg.head)
     return {
         "val_loss": result["loss"],
         "val_kappa": official["kappa"],
         "val_f1": official["f1"],
         "val_auc": official["auc"],
         "val_final": official["final"],
-        "val_macro_auroc": macro_auroc(truth, prob),
+        "val_macro_auroc": official["macro_auroc"],
     }
+
+
+def selection_score(scores: dict[str, float], metric: str) -> float:
+    """The figure `train.select_metric` names, signed so that higher is always better."""
+    value = float(scores[metric])
+    if math.isnan(value):
+        return -math.inf
+    return -value if metric == "val_loss" else value
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -565,6 +592,7 @@ class FitResult:
     run_dir: Path
     best_epoch: int
     best_score: float
+    select_metric: str
     epochs_run: int
     history: list[dict[str, float]]
     stopped_early: bool
@@ -574,7 +602,8 @@ class FitResult:
         lines = [
             f"run: {self.run_dir}",
             f"epochs run: {self.epochs_run}" + (" (early stop)" if self.stopped_early else ""),
-            f"best epoch: {self.best_epoch + 1}  val ODIR final {self.best_score:.4f}",
+            f"best epoch: {self.best_epoch + 1}  {self.select_metric} "
+            f"{abs(self.best_score) if self.select_metric == 'val_loss' else self.best_score:.4f}",
         ]
         if last:
             lines.append(
@@ -587,18 +616,9 @@ class FitResult:
 
 def prepare_resume(run_dir: Path, overrides: Sequence[str]) -> Config:
     """The saved config of a run, with `--set` overrides that may change how long or how it trains
-    (train.*, eval.*) but not what it trains (model, data, preprocessing, augmentation, loss)."""
-    cfg_file = run_dir / "config.yaml"
-    if not cfg_file.is_file():
-        raise ConfigError(f"--resume {run_dir}: no config.yaml there (is it an eyefuse run folder?)")
-    for item in overrides:
-        key = item.split("=", 1)[0].strip()
-        if not key.startswith(("train.", "eval.")) or key in ("train.seed", "train.batch_size"):
-            raise ConfigError(
-                f"--set {item!r} cannot change a run being resumed; only train.* (except seed and "
-                "batch_size) and eval.* settings may change"
-            )
-    return load_config(str(cfg_file), list(overrides))
+    (train.*, eval.*) but not what it trains (model, data, preprocessing, augmentation, loss).
+    The checks live in `eyefuse.config.resume_config` so that the CLI can run them before torch."""
+    return resume_config(run_dir, overrides)
 
 
 def fit(
@@ -616,7 +636,14 @@ def fit(
     from eyefuse.train.losses import create_loss
 
     run_dir = Path(run_dir)
-    cfg.validate()
+    cfg.validate()  # before anything is written: a refused config leaves no run folder behind
+    if resume and not (run_dir / "last").exists():
+        # Killed before its first checkpoint: every epoch is seeded from (seed, epoch), so starting
+        # again from step 0 with the saved config and split ends with the same weights.
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{run_dir}: no checkpoint yet (stopped in its first epoch): starting again from step 0")
+        resume = False
+    created = not run_dir.exists()
     device_name = cfg.train.device
     info = init_distributed(
         "cuda" if device_name in ("auto", "cuda") and torch.cuda.is_available() else device_name
@@ -741,9 +768,10 @@ def fit(
                 "train_images_per_s": img_s,
             }
             history.append(row)
-            improved = scores["val_final"] > best_score
+            score = selection_score(scores, cfg.train.select_metric)
+            improved = score > best_score
             if improved:
-                best_score, best_epoch, bad_epochs = scores["val_final"], epoch, 0
+                best_score, best_epoch, bad_epochs = score, epoch, 0
             else:
                 bad_epochs += 1
             if info.is_main:
@@ -780,7 +808,8 @@ def fit(
             if cfg.train.early_stop_patience and bad_epochs >= cfg.train.early_stop_patience:
                 stopped_early = True
                 if info.is_main:
-                    print(f"early stop: no better val ODIR final for {bad_epochs} epochs", flush=True)
+                    metric = cfg.train.select_metric
+                    print(f"early stop: no better {metric} for {bad_epochs} epochs", flush=True)
                 break
         if writer is not None:
             writer.close()
@@ -789,7 +818,14 @@ def fit(
         if info.is_main and (run_dir / "best").exists():
             calibrate_checkpoint(run_dir / "best", val_set, device, cfg)
         barrier(info)
-        return FitResult(run_dir, best_epoch, best_score, epoch + 1, history, stopped_early)
+        return FitResult(
+            run_dir, best_epoch, best_score, cfg.train.select_metric, epoch + 1, history, stopped_early
+        )
+    except EyefuseError:
+        # A run refused before its first checkpoint leaves nothing behind that it created.
+        if info.is_main and created and run_dir.is_dir() and not (run_dir / "last").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     finally:
         shutdown_distributed(info)
 
@@ -839,6 +875,7 @@ def calibrate_checkpoint(path: Path, val_set: Dataset, device: torch.device, cfg
     weights, and store them (with the split they were fitted on) in its metadata."""
     from eyefuse.eval.calibration import fit_calibration
 
+    print(f"calibration: fitting thresholds and temperatures on {len(val_set)} validation patients")
     model = load_model(path, device=device)
     result = evaluate(model, val_set, device, cfg)
     calib = fit_calibration(

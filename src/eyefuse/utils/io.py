@@ -88,6 +88,21 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def writable_dir_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why files cannot be written into folder `path` (creating it if needed), or None when they
+    can: checked by creating and removing a temporary file, the only test that also holds for root,
+    read-only mounts and paths under a regular file."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".eyefuse-write-check.", dir=path)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
+
+
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's content."""
     h = hashlib.sha256()
