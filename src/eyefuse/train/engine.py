@@ -769,7 +769,9 @@ def fit(
             }
             history.append(row)
             score = selection_score(scores, cfg.train.select_metric)
-            improved = score > best_score
+            # the first epoch is the best so far even when its figure is undefined (NaN: e.g. no
+            # validation positives), so a run always leaves a `best` checkpoint
+            improved = score > best_score or best_epoch < 0
             if improved:
                 best_score, best_epoch, bad_epochs = score, epoch, 0
             else:
