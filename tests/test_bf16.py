@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from eyefuse.config import load_config
+from eyefuse.config import Config, load_config
 from eyefuse.models import build_model
 from eyefuse.models.attention import CBAM, ResidualAttention, SpatialGate, SqueezeExcite
 from eyefuse.models.fusion import CrossAttentionFusion
@@ -36,6 +36,32 @@ def _batch(gen: torch.Generator, b: int, size: int) -> dict[str, torch.Tensor]:
     }
 
 
+def _checked_step(
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    criterion: torch.nn.Module,
+    cfg: Config,
+    optimizer: torch.optim.Optimizer,
+    device_type: str,
+    channels_last: bool,
+    where: object,
+) -> None:
+    """One bf16-autocast training step that fails on a non-finite loss or gradient (`where` names
+    the preset and step in the message)."""
+    left, right = engine.model_inputs(model, batch, channels_last=channels_last)
+    with torch.autocast(device_type, dtype=torch.bfloat16):
+        outputs = model(left, right, batch["left_present"], batch["right_present"])
+    assert outputs["logits"].dtype == torch.bfloat16  # autocast really was on
+    loss = engine.compute_loss(outputs, batch, criterion, cfg)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss), (where, loss)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+    assert not bad, (where, bad[:5])
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+    optimizer.step()
+
+
 @pytest.mark.parametrize("preset", ["paper", "strong", "demo"])
 def test_preset_trains_under_bf16_autocast(preset: str) -> None:
     """The preset's attention, placement, fusion, head, auxiliary heads, loss, optimiser, gradient
@@ -55,21 +81,7 @@ def test_preset_trains_under_bf16_autocast(preset: str) -> None:
 
         ema = ModelEmaV3(model, decay=0.5)
     for step in range(3):
-        batch = _batch(gen, 4, 32)
-        left, right = engine.model_inputs(model, batch, channels_last=False)
-        with torch.autocast(**BF16):
-            outputs = model(left, right, batch["left_present"], batch["right_present"])
-        assert outputs["logits"].dtype == torch.bfloat16  # autocast really was on
-        loss = engine.compute_loss(outputs, batch, criterion, cfg)
-        assert loss.dtype == torch.float32 and torch.isfinite(loss), (preset, step, loss)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        bad = [
-            n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()
-        ]
-        assert not bad, (preset, step, bad[:5])
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
+        _checked_step(model, _batch(gen, 4, 32), criterion, cfg, optimizer, "cpu", False, (preset, step))
         if ema is not None:
             ema.update(model)
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -148,17 +160,5 @@ def test_full_preset_trains_under_bf16_on_cuda(preset: str) -> None:
     optimizer = engine.build_optimizer(model, cfg, backbone_pretrained=False)
     for step in range(4):
         batch = {k: v.to(device) for k, v in _batch(gen, 8, 224).items()}
-        left, right = engine.model_inputs(model, batch, channels_last=True)
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            outputs = model(left, right, batch["left_present"], batch["right_present"])
-        loss = engine.compute_loss(outputs, batch, criterion, cfg)
-        assert torch.isfinite(loss), (preset, step, loss)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        bad = [
-            n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()
-        ]
-        assert not bad, (preset, step, bad[:5])
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-        optimizer.step()
+        _checked_step(model, batch, criterion, cfg, optimizer, "cuda", True, (preset, step))
     assert all(torch.isfinite(p).all() for p in model.parameters())

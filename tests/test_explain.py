@@ -44,7 +44,9 @@ def eyes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def test_run_explain_writes_one_png_per_label_attention_and_json(tmp_path, ckpt, eyes) -> None:
-    summary = run_explain(ckpt, eyes[0], eyes[1], tmp_path / "out", labels="D,G")
+    steps: list[str] = []
+    summary = run_explain(ckpt, eyes[0], eyes[1], tmp_path / "out", labels="D,G", log=steps.append)
+    assert len(steps) == 3 and "Grad-CAM" in steps[1] and "2 label(s)" in steps[2]  # a line per step
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == ["D.png", "G.png", "attention.png", "explanation.json"]
     for name in ("D.png", "G.png", "attention.png"):

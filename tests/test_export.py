@@ -39,7 +39,10 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, expo
         thresholds=THRESHOLDS,
         epoch=3,
     )
-    summary = export_onnx(root / "run", root / "model.onnx")
+    steps: list[str] = []
+    summary = export_onnx(root / "run", root / "model.onnx", log=steps.append)
+    # a line per step
+    assert [s.split()[0] for s in steps] == ["loading", "exporting", "checking", "checking"]
     return ckpt, root / "model.onnx", summary
 
 

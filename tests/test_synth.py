@@ -388,3 +388,11 @@ def test_drusen_are_o_and_o_is_wide_and_vocabulary_matches_the_keyword_map():
     assert np.any(eye.mask & LABEL_BIT["O"]) and not np.any(eye.mask & LABEL_BIT["A"])
     rng = np.random.default_rng(0)
     assert all("tessellated fundus" not in choose_keywords(rng, {"M", "O"}) for _ in range(300))
+
+
+def test_progress_bar_counts_the_patients(tmp_path, capsys):
+    synthesize(tmp_path / "p", n_patients=3, n_test=1, seed=1, max_side=128, workers=1, progress=True)
+    err = capsys.readouterr().err
+    assert "synth" in err and "4/4" in err  # one step per patient, training and test
+    synthesize(tmp_path / "q", n_patients=3, n_test=1, seed=1, max_side=128, workers=1)
+    assert "synth" not in capsys.readouterr().err  # off by default (library use)

@@ -161,6 +161,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_side=args.max_side,
         mix=args.mix,
+        progress=not args.no_progress,
     )
     print(summary)
     return EXIT_OK
@@ -437,6 +438,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if counts["failed"] or unusable_eye else EXIT_OK
 
 
+def _step_line(line: str) -> None:
+    """A line per step of a long command, shown at once."""
+    print(line, flush=True)
+
+
 def cmd_explain(args: argparse.Namespace) -> int:
     _check_checkpoint(args.checkpoint)
     if args.left is None and args.right is None:
@@ -447,9 +453,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {args.out}: not a folder")
     from eyefuse.serve.explain import run_explain
 
-    print("loading the model and computing Grad-CAM for each eye ...", flush=True)
     summary = run_explain(
-        args.checkpoint, args.left, args.right, args.out, args.labels, device=args.device, layer=args.layer
+        args.checkpoint,
+        args.left,
+        args.right,
+        args.out,
+        args.labels,
+        device=args.device,
+        layer=args.layer,
+        log=_step_line,
     )
     print(summary)
     return EXIT_OK
@@ -461,13 +473,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {args.out}: choose a file name ending in .onnx")
     from eyefuse.serve.export import export_onnx
 
-    print(
-        f"exporting to {args.out}"
-        + ("" if args.no_check else ", then checking ONNX Runtime against PyTorch")
-        + " ...",
-        flush=True,
-    )
-    print(export_onnx(args.checkpoint, args.out, opset=args.opset, check=not args.no_check))
+    print(export_onnx(args.checkpoint, args.out, opset=args.opset, check=not args.no_check, log=_step_line))
     return EXIT_OK
 
 
@@ -524,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="odir",
         help="first diagnoses in ODIR-5K's proportions (default) or with the five rare labels twice as often",
     )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = add("preprocess", "preprocess photographs to PNG (+ fov.csv, failed.csv)", cmd_preprocess)
     p.add_argument("images", nargs="+", type=Path, help="fundus photographs")

@@ -69,6 +69,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from eyefuse import ODIR_LABELS, __version__
 from eyefuse.data.odir import ODIR_COLUMNS
@@ -1748,6 +1749,7 @@ def synthesize(
     max_side: int | None = None,
     workers: int | None = None,
     mix: str = "odir",
+    progress: bool = False,
 ) -> SynthSummary:
     """Write a synthetic ODIR-format dataset (challenge layout + off-site test split) to `out`.
 
@@ -1763,6 +1765,7 @@ def synthesize(
             depend on it.
         mix: the patients' first diagnoses: `odir` (ODIR-5K's proportions) or `balanced` (the five
             rare labels twice as often; see `MIXES`).
+        progress: show a progress bar over the patients (on stderr).
     """
     start = time.perf_counter()
     if isinstance(n_patients, bool) or not isinstance(n_patients, int) or n_patients < 1:
@@ -1838,12 +1841,21 @@ def synthesize(
     }
     atomic_write_json(out / MARKER, marker)
 
+    bar = tqdm(total=len(jobs), desc="synth", unit="patient", disable=not progress)
     if n_workers > 1:
         ctx = multiprocessing.get_context("spawn")  # fork is unsafe after OpenCV/torch threads started
         with ctx.Pool(n_workers, initializer=_worker_init) as pool:
-            results = pool.map(_make_patient, jobs, chunksize=max(1, len(jobs) // (n_workers * 6)))
+            chunk = max(1, len(jobs) // (n_workers * 6))
+            results = []
+            for result in pool.imap(_make_patient, jobs, chunksize=chunk):  # in order, like map
+                results.append(result)
+                bar.update()
     else:
-        results = [_make_patient(job) for job in jobs]
+        results = []
+        for job in jobs:
+            results.append(_make_patient(job))
+            bar.update()
+    bar.close()
 
     plans = [plan for plan, _ in results]
     images = [im for _, ims in results for im in ims]

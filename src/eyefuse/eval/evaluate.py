@@ -46,6 +46,7 @@ class SplitPredictions:
     @property
     def head(self) -> str:
         return str(self.meta["config"]["model"]["head"])
+
     split: str = "test"  #: the split evaluated (the default one when none was asked for)
     set_aside: list[tuple[Any, str, str]] = field(default_factory=list)  #: (patient, split, reason)
 

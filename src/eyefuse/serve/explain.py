@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -532,19 +532,24 @@ def run_explain(
     *,
     device: str = "cpu",
     layer: str = "last",
+    log: Callable[[str], None] | None = None,
 ) -> ExplainSummary:
     """`eyefuse explain`: Grad-CAM of both eyes for the chosen labels, written to `out` (on the
-    backbone's `last` feature map, or the `previous`, finer, stage)."""
+    backbone's `last` feature map, or the `previous`, finer, stage); `log` gets a line per step."""
+    say = log or (lambda _line: None)
     if left is None and right is None:
         raise ConfigError("give at least one photograph: --left and/or --right")
     if Path(checkpoint).suffix.lower() == ".onnx":
         raise CheckpointError(
             f"{checkpoint}: Grad-CAM needs the PyTorch checkpoint (gradients), not an ONNX export"
         )
+    say(f"loading the model from {checkpoint}")
     predictor = Predictor.from_checkpoint(checkpoint, device=device)
     resolve_labels(labels, predictor.label_names)  # refuse unknown labels before any work
     lp, rp = (Path(left) if left else None), (Path(right) if right else None)
+    say(f"preprocessing the photographs and computing Grad-CAM on the {layer} layer for each eye")
     expl = explain_pair(predictor, lp, rp, labels, patient_id=pair_id_from_files(lp, rp), layer=layer)
+    say(f"writing the maps of {len(expl.labels)} label(s) into {out}")
     files = save_explanation(expl, out)
     return ExplainSummary(expl, files, Path(out))
 

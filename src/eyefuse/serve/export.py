@@ -26,7 +26,7 @@ import logging
 import os
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,6 +196,7 @@ def export_onnx(
     *,
     opset: int = 18,
     check: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> ExportSummary:
     """Export a checkpoint (folder, or run folder -> best) to ONNX with `torch.onnx.export(dynamo=True)`.
 
@@ -210,7 +211,9 @@ def export_onnx(
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise ConfigError(f"--out {out}: the exported file name must end in .onnx")
+    say = log or (lambda _line: None)
     ckpt_dir = resolve_checkpoint_dir(checkpoint)
+    say(f"loading {ckpt_dir}")
     meta = read_meta(ckpt_dir)
     model = load_model(ckpt_dir, device="cpu")
     label_names = list(meta["label_names"])
@@ -224,6 +227,7 @@ def export_onnx(
     # Batch 2 as the example: a batch of 1 would let the exporter specialise on it.
     example = _example_inputs(size, 2, torch.Generator().manual_seed(1))
     with atomic_path(out) as tmp:
+        say("exporting with torch.onnx (dynamo) ...")
         try:
             with _quiet_exporter():
                 torch.onnx.export(
@@ -246,10 +250,13 @@ def export_onnx(
             ) from e
         import onnx
 
+        say("checking the ONNX graph")
         try:
             onnx.checker.check_model(str(tmp))
         except onnx.checker.ValidationError as e:
             raise CheckpointError(f"{ckpt_dir}: the exported ONNX model is invalid: {e}") from e
+        if check:
+            say("checking ONNX Runtime against PyTorch at batch sizes 1 and 3")
         diffs = check_parity(tmp, wrapper, size) if check else {}
         image_input = f"float32 B x 3 x {size} x {size}: preprocessed RGB image, 0..255 (normalised inside)"
         sidecar = {
