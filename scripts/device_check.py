@@ -67,6 +67,28 @@ RUNS = [
 ]
 
 
+#: What the smoke mode adds to every training run: three steps an epoch, no worker processes.
+SMOKE_SETS = ["train.max_steps_per_epoch=3", "train.num_workers=0", "eval.bootstrap=20"]
+
+
+def train_command(data: Path, preset: str, out_dir: Path, sets: list[str]) -> list[str]:
+    """The `eyefuse train` command line for one run of the check."""
+    return [
+        sys.executable,
+        "-m",
+        "eyefuse",
+        "train",
+        "--no-progress",
+        "--data",
+        str(data),
+        "--config",
+        preset,
+        "--out",
+        str(out_dir),
+        *[x for s in sets for x in ("--set", s)],
+    ]
+
+
 class Check:
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -260,7 +282,7 @@ class Check:
             *run.extra,
         ]
         if a.smoke:
-            sets += ["train.max_steps_per_epoch=3", "train.num_workers=0", "eval.bootstrap=20"]
+            sets += SMOKE_SETS
         # Runs that the smoke mode (or a CPU) makes identical are run once.
         key = (
             run.preset,
@@ -276,21 +298,7 @@ class Check:
         self._trained.add(key)
         label = run.name if not a.smoke else f"{run.name} [smoke: {size}px b{batch}, eager, loader]"
         out_dir = self.work / "runs" / hashlib.sha256(label.encode()).hexdigest()[:10]
-        cmd = [
-            sys.executable,
-            "-m",
-            "eyefuse",
-            "train",
-            "--no-progress",
-            "--data",
-            str(data),
-            "--config",
-            run.preset,
-            "--out",
-            str(out_dir),
-            *[x for s in sets for x in ("--set", s)],
-        ]
-        out = self.run(f"train {label}", cmd, 420)
+        out = self.run(f"train {label}", train_command(data, run.preset, out_dir, sets), 420)
         if out is None:
             return
         if out.returncode:
@@ -354,22 +362,8 @@ class Check:
             *self.model_sets(),
         ]
         if a.smoke:
-            sets += ["train.max_steps_per_epoch=3", "train.num_workers=0", "eval.bootstrap=20"]
-        cmd = [
-            sys.executable,
-            "-m",
-            "eyefuse",
-            "train",
-            "--no-progress",
-            "--data",
-            str(data),
-            "--config",
-            "paper",
-            "--out",
-            str(run_dir),
-            *[x for s in sets for x in ("--set", s)],
-        ]
-        out = self.run("real: train paper", cmd, 400)
+            sets += SMOKE_SETS
+        out = self.run("real: train paper", train_command(data, "paper", run_dir, sets), 400)
         if out is None:
             return
         if out.returncode:
