@@ -51,8 +51,24 @@ def _env() -> dict[str, str]:
 
 
 def _train(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "eyefuse", "train", "--no-progress", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env or _env(), timeout=600, check=False)
+    return _train_together((args, env))[0]
+
+
+def _train_together(*runs: tuple[list[str], dict[str, str] | None]) -> list[subprocess.CompletedProcess[str]]:
+    """Several independent `eyefuse train` processes at once (one thread each, so two fit the
+    2-core CI machine side by side); their results in the order given."""
+    cmd = [sys.executable, "-m", "eyefuse", "train", "--no-progress"]
+    procs = [
+        subprocess.Popen(
+            [*cmd, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or _env()
+        )
+        for args, env in runs
+    ]
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
 
 
 def _sets(extra: list[str]) -> list[str]:
@@ -119,14 +135,27 @@ def test_resume_after_kill_matches_uninterrupted_run(synth_data: Path, tmp_path:
     n_train = sum(1 for split in read_split(tmp_path / "full" / "split.csv").values() if split == "train")
     steps = len(epoch_batches(n_train, 8, 0, 0, DistInfo()))
     assert steps >= 3
-    env = _env()
-    env["EYEFUSE_FAULT_KILL_AT_STEP"] = str(steps + 2)  # in the middle of epoch 2
-    killed = _train([*common, "--out", str(tmp_path / "killed")], env)
+    # killed in the middle of epoch 2, and killed in its first epoch before any checkpoint (then
+    # --resume starts again from step 0 with the saved config and split): both end with the
+    # uninterrupted run's weights. The two runs are independent, so they run side by side.
+    env, env1 = _env(), _env()
+    env["EYEFUSE_FAULT_KILL_AT_STEP"] = str(steps + 2)
+    env1["EYEFUSE_FAULT_KILL_AT_STEP"] = "2"
+    killed, killed1 = _train_together(
+        ([*common, "--out", str(tmp_path / "killed")], env),
+        ([*common, "--out", str(tmp_path / "killed1")], env1),
+    )
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert (tmp_path / "killed" / "last" / "meta.json").is_file()
-    resumed = _train(["--resume", str(tmp_path / "killed")])
+    assert killed1.returncode == -9, killed1.stderr[-3000:]
+    assert not (tmp_path / "killed1" / "last").exists() and (tmp_path / "killed1" / "config.yaml").is_file()
+    resumed, resumed1 = _train_together(
+        (["--resume", str(tmp_path / "killed")], None), (["--resume", str(tmp_path / "killed1")], None)
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout and "epoch 2/3" in resumed.stdout
+    assert resumed1.returncode == 0, resumed1.stderr[-3000:]
+    assert "no checkpoint yet" in resumed1.stdout
 
     a = load_file(str(tmp_path / "full" / "last" / "model.safetensors"))
     b = load_file(str(tmp_path / "killed" / "last" / "model.safetensors"))
@@ -137,15 +166,6 @@ def test_resume_after_kill_matches_uninterrupted_run(synth_data: Path, tmp_path:
     resumed_rows = [r.split(",")[:8] for r in (tmp_path / "killed" / "metrics.csv").read_text().splitlines()]
     assert full_rows == resumed_rows
 
-    # killed in its first epoch, before any checkpoint: --resume starts again from step 0 with the
-    # saved config and split, and ends with the same weights
-    env["EYEFUSE_FAULT_KILL_AT_STEP"] = "2"
-    killed1 = _train([*common, "--out", str(tmp_path / "killed1")], env)
-    assert killed1.returncode == -9, killed1.stderr[-3000:]
-    assert not (tmp_path / "killed1" / "last").exists() and (tmp_path / "killed1" / "config.yaml").is_file()
-    resumed1 = _train(["--resume", str(tmp_path / "killed1")])
-    assert resumed1.returncode == 0, resumed1.stderr[-3000:]
-    assert "no checkpoint yet" in resumed1.stdout
     c = load_file(str(tmp_path / "killed1" / "last" / "model.safetensors"))
     for k in a:
         assert torch.equal(a[k], c[k]), k
