@@ -496,6 +496,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_set_option(p: argparse.ArgumentParser, help: str) -> None:
+    """`--set KEY=VALUE`, repeatable: a config override (see `eyefuse.config.apply_override`)."""
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eyefuse",
@@ -588,13 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="split CSV written by `eyefuse split` (default: a new stratified split, saved in the run)",
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. train.epochs=40 (repeatable; default: none)",
-    )
+    _add_set_option(p, "override a config key, e.g. train.epochs=40 (repeatable; default: none)")
     p.add_argument(
         "--weights",
         help="local backbone weights (safetensors, or a torchvision/timm state dict; default: none)",
@@ -629,13 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--grid", default="paper", help="'paper' (one factor at a time around the paper preset) or YAML"
     )
     p.add_argument("--out", type=Path, required=True, help="ablation folder (rerun to resume)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override for every cell (default: none)",
-    )
+    _add_set_option(p, "override for every cell (default: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = add("demo", "synthesise, prepare, train, calibrate, evaluate and report, end to end", cmd_demo)
@@ -661,13 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         help="training seeds per model for --compare-single (the comparison averages them)",
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override the demo preset (default: none)",
-    )
+    _add_set_option(p, "override the demo preset (default: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = add("score", "the official ODIR-2019 score of a submission CSV against the truth", cmd_score)
