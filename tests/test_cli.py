@@ -348,3 +348,12 @@ def test_calibration_warnings_are_printed_after_training(
     _print_calibration(tmp_path)
     out = capsys.readouterr().out
     assert "calibration warning: class G: no positive patient in validation" in out
+
+
+def test_ablate_seeds_option_parses_and_refuses_non_integers(capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args(["ablate", "--data", "d", "--out", "o", "--seeds", "0,1, 2"])
+    assert args.seeds == [0, 1, 2] and args.table_only is False
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["ablate", "--data", "d", "--out", "o", "--seeds", "0,a"])
+    assert e.value.code == EXIT_USAGE
+    assert "--seeds: expected comma-separated integers, not '0,a'" in capsys.readouterr().err

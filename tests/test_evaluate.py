@@ -125,6 +125,17 @@ def test_ablation_runs_and_resumes(tiny_run: tuple[Path, Path], tmp_path: Path) 
     second = run_ablation(data, str(grid), tmp_path / "abl", progress=False)
     assert (second.trained, second.skipped) == (0, 2)
     assert second.rows == first.rows
+    assert "Training and evaluation time of these 2 runs" in table
+    # a study in progress: seed 1 has not run, so --table-only tabulates seed 0 and trains nothing
+    partial = run_ablation(data, str(grid), tmp_path / "abl", progress=False, table_only=True, seeds=[0, 1])
+    assert (partial.trained, partial.skipped) == (0, 2)
+    assert partial.rows == first.rows and "1 seed(s): 0;" in partial.markdown
+    assert not (tmp_path / "abl" / "cells" / "reference" / "seed1").exists()
+    with pytest.raises(ConfigError, match="no seed has finished"):
+        run_ablation(data, str(grid), tmp_path / "empty", progress=False, table_only=True)
+    assert not (tmp_path / "empty").exists()
+    with pytest.raises(ConfigError, match="at least one seed"):
+        run_ablation(data, str(grid), tmp_path / "abl", progress=False, seeds=[])
 
 
 def test_ablation_grid_errors(tmp_path: Path) -> None:
@@ -134,6 +145,10 @@ def test_ablation_grid_errors(tmp_path: Path) -> None:
     names = [c.name for c in cells]
     assert names[0] == "reference" and "attention=none" in names and "fusion=single" in names
     assert "enhance=clahe" in names and "head=sigmoid" in names and "fusion=ffm" not in names
+    real = [c.name for c in grid_cells(load_grid("real-study"))]  # shipped in configs/grids
+    assert real == ["reference", "fusion=single", "attention=none", "enhance=none", "head=softmax"]
+    with pytest.raises(ConfigError, match="neither a shipped grid"):
+        load_grid("no-such-grid")
     bad = tmp_path / "bad.yaml"
     bad.write_text("base: demo\nfactors:\n  model.fusoin: [concat]\n")
     with pytest.raises(ConfigError, match="model.fusoin"):

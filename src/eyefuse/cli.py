@@ -357,7 +357,15 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     _must_exist(args.data, "--data")
     from eyefuse.eval.ablation import run_ablation
 
-    summary = run_ablation(args.data, args.grid, args.out, extra_set=args.set, progress=not args.no_progress)
+    summary = run_ablation(
+        args.data,
+        args.grid,
+        args.out,
+        extra_set=args.set,
+        progress=not args.no_progress,
+        table_only=args.table_only,
+        seeds=args.seeds,
+    )
     print(summary)
     return EXIT_OK
 
@@ -496,6 +504,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _seed_list(text: str) -> list[int]:
+    """`--seeds 0,1,2` -> [0, 1, 2] (argparse turns the ValueError into one usage line)."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, not {text!r}") from None
+
+
 def _add_set_option(p: argparse.ArgumentParser, help: str) -> None:
     """`--set KEY=VALUE`, repeatable: a config override (see `eyefuse.config.apply_override`)."""
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
@@ -625,10 +641,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("ablate", "the paper's ablation study as one resumable command", cmd_ablate)
     p.add_argument("--data", required=True, help="dataset folder or annotation file")
     p.add_argument(
-        "--grid", default="paper", help="'paper' (one factor at a time around the paper preset) or YAML"
+        "--grid",
+        default="paper",
+        help="'paper' (one factor at a time around the paper preset), 'real-study' (the same questions "
+        "on real photographs from scratch, preset real-small) or a YAML file (default: paper)",
     )
     p.add_argument("--out", type=Path, required=True, help="ablation folder (rerun to resume)")
     _add_set_option(p, "override for every cell (default: none)")
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="train nothing: write the table from the seeds every cell has finished (a study in progress)",
+    )
+    p.add_argument(
+        "--seeds",
+        type=_seed_list,
+        default=None,
+        help="comma-separated training seeds replacing the grid's, e.g. 0,1,2 (default: the grid's)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = add("demo", "synthesise, prepare, train, calibrate, evaluate and report, end to end", cmd_demo)

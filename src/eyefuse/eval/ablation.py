@@ -22,6 +22,12 @@ seeds: [0, 1, 2]            # training seeds per cell (one seed cannot measure s
 split: auto                 # evaluated split: auto = offsite when the dataset has it, else test
 bootstrap: 1000
 ```
+
+Grids shipped with the project (`eyefuse ablate --grid NAME`): `paper` (built in) and the YAML files in
+`eyefuse/configs/grids/` (`real-study`: the paper's four questions on real photographs from scratch).
+Cells run seed by seed (every cell's seed 0, then every cell's seed 1, ...), so a study stopped
+part-way already holds complete seeds; `table_only=True` (`--table-only`) writes the table from the
+seeds every cell has finished.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -72,14 +79,28 @@ class Cell:
         return [f"{k}={v}" for k, v in self.overrides.items()]
 
 
+def grid_names() -> list[str]:
+    """Names `--grid` accepts besides a file: `paper` and the grids shipped in configs/grids."""
+    folder = resources.files("eyefuse").joinpath("configs", "grids")
+    shipped = (
+        sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")) if folder.is_dir() else []
+    )
+    return ["paper", *shipped]
+
+
 def load_grid(grid: str) -> dict[str, Any]:
-    """The built-in `paper` grid or a YAML file, validated."""
+    """The built-in `paper` grid, a grid shipped with the project (by name) or a YAML file, validated."""
     if grid == "paper":
         spec = json.loads(json.dumps(PAPER_GRID))
     else:
         path = Path(grid)
+        if not path.is_file() and grid in grid_names():
+            path = Path(str(resources.files("eyefuse").joinpath("configs", "grids", f"{grid}.yaml")))
         if not path.is_file():
-            raise ConfigError(f"--grid {grid!r}: neither 'paper' nor an existing YAML file")
+            raise ConfigError(
+                f"--grid {grid!r}: neither a shipped grid ({', '.join(grid_names())}) "
+                "nor an existing YAML file"
+            )
         try:
             spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
@@ -160,8 +181,13 @@ def run_ablation(
     *,
     extra_set: list[str] | None = None,
     progress: bool = True,
+    table_only: bool = False,
+    seeds: list[int] | None = None,
 ) -> AblationSummary:
-    """Train and evaluate every cell of `grid` under `out` (resumable), then write the table."""
+    """Train and evaluate every cell of `grid` under `out` (resumable), then write the table.
+
+    With `table_only`, nothing trains: the table covers the seeds that every cell has finished.
+    `seeds` replaces the grid's seeds (e.g. 3 seeds at full size where a GPU is at hand)."""
     from eyefuse.config import load_config
     from eyefuse.data.odir import load_dataset
     from eyefuse.data.splits import split_dataset
@@ -169,9 +195,15 @@ def run_ablation(
     out = Path(out)
     spec = load_grid(grid)
     spec["set"] = [*list(spec.get("set") or []), *(extra_set or [])]
+    if seeds is not None:
+        if not seeds:
+            raise ConfigError("--seeds: give at least one seed")
+        spec["seeds"] = list(seeds)
     cells = grid_cells(spec)
     base = load_config(spec["base"], spec["set"])
     split_file = out / "split.csv"
+    if table_only and not split_file.is_file():
+        raise ConfigError(f"{out}: no ablation study here yet (no split.csv); no seed has finished")
     if not split_file.is_file():
         split_dataset(
             data,
@@ -187,15 +219,22 @@ def run_ablation(
     atomic_write_text(out / "grid.yaml", yaml.safe_dump({**spec, "split": split}, sort_keys=False))
 
     trained = skipped = 0
-    for cell in cells:
-        for seed in spec["seeds"]:
+    for seed in spec["seeds"]:  # seed-major: a study stopped part-way holds complete seeds
+        for cell in cells:
             run_dir = out / "cells" / cell.name / f"seed{seed}"
             if (run_dir / "result.json").is_file():
                 skipped += 1
                 continue
+            if table_only:
+                continue
             overrides = [*spec["set"], *cell.set_args(), f"train.seed={seed}"]
             _train_and_evaluate(data, spec["base"], overrides, run_dir, split_file, split, spec, progress)
             trained += 1
+    if table_only:
+        done = [s for s in spec["seeds"] if all(_finished(out, c, s) for c in cells)]
+        if not done:
+            raise ConfigError(f"{out}: no seed has finished in every cell yet; nothing to tabulate")
+        spec = {**spec, "seeds": done}
     rows, markdown = _table(out, cells, spec, split)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
@@ -250,6 +289,10 @@ def _train_and_evaluate(
             "seconds": time.perf_counter() - t0,
         },
     )
+
+
+def _finished(out: Path, cell: Cell, seed: int) -> bool:
+    return (out / "cells" / cell.name / f"seed{seed}" / "result.json").is_file()
 
 
 def _read_predictions(run_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -361,9 +404,18 @@ def _table(
                 "verdict_macro_auroc": d_auroc.verdict,
             }
         )
+    seconds = sum(
+        json.loads((out / "cells" / c.name / f"seed{s}" / "result.json").read_text()).get("seconds", 0.0)
+        for c in cells
+        for s in spec["seeds"]
+    )
     lines = [
         f"## Ablation around `{spec['base']}` on the {split} split ({n} patients, "
-        f"{len(spec['seeds'])} seed(s), {n_boot} paired bootstrap resamples)",
+        f"{len(spec['seeds'])} seed(s): {', '.join(map(str, spec['seeds']))}; "
+        f"{n_boot} paired bootstrap resamples)",
+        "",
+        f"Training and evaluation time of these {len(cells) * len(spec['seeds'])} runs: "
+        f"{seconds / 60:.0f} min (sum of the cells' `result.json` seconds).",
         "",
         "Δ: the cell minus the reference, mean over seeds; the 95 % CI resamples the same patients for "
         "both and each cell's seeds; the verdict is better / worse when the CI excludes 0, otherwise "
