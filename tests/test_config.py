@@ -58,7 +58,8 @@ def test_unknown_preset_and_bad_yaml(tmp_path) -> None:
         load_config("nope")
     bad = tmp_path / "bad.yaml"
     bad.write_text("train:\n  epochz: 3\n")
-    with pytest.raises(ConfigError, match="unknown config key 'train.epochz'"):
+    hint = r"unknown config key 'train.epochz' \(did you mean 'train.epochs'\?\)"
+    with pytest.raises(ConfigError, match=hint):
         load_config(str(bad))
     bad.write_text("train: [1, 2\n")
     with pytest.raises(ConfigError, match="invalid YAML"):

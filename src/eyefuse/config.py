@@ -7,6 +7,7 @@ every checkpoint, so training, evaluation, prediction, export and serving read t
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import json
 import types
@@ -388,12 +389,18 @@ def config_from_dict(d: dict[str, Any]) -> Config:
     return cfg
 
 
+def _did_you_mean(name: str, candidates: Any, prefix: str = "") -> str:
+    """` (did you mean 'train.epochs'?)` for a near miss among `candidates`, else ''."""
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f" (did you mean {prefix + close[0]!r}?)" if close else ""
+
+
 def _apply_dict(obj: Any, d: dict[str, Any], source: str, prefix: str = "") -> None:
     names = {f.name: f for f in fields(obj)}
     for key, value in d.items():
         full = f"{prefix}{key}"
         if key not in names:
-            raise ConfigError(f"{source}: unknown config key {full!r}")
+            raise ConfigError(f"{source}: unknown config key {full!r}{_did_you_mean(key, names, prefix)}")
         current = getattr(obj, key)
         if is_dataclass(current):
             if not isinstance(value, dict):
@@ -458,7 +465,9 @@ def apply_override(cfg: Config, item: str) -> None:
     obj: Any = cfg
     for i, part in enumerate(parts):
         if not is_dataclass(obj) or part not in {f.name for f in fields(obj)}:
-            raise ConfigError(f"--set {item!r}: unknown config key {'.'.join(parts[: i + 1])!r}")
+            prefix = "".join(f"{p}." for p in parts[:i])
+            hint = _did_you_mean(part, [f.name for f in fields(obj)], prefix) if is_dataclass(obj) else ""
+            raise ConfigError(f"--set {item!r}: unknown config key {'.'.join(parts[: i + 1])!r}{hint}")
         if i < len(parts) - 1:
             obj = getattr(obj, part)
     if is_dataclass(getattr(obj, parts[-1])):
