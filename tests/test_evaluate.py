@@ -125,7 +125,7 @@ def test_ablation_runs_and_resumes(tiny_run: tuple[Path, Path], tmp_path: Path) 
     second = run_ablation(data, str(grid), tmp_path / "abl", progress=False)
     assert (second.trained, second.skipped) == (0, 2)
     assert second.rows == first.rows
-    assert "Training and evaluation time of these 2 runs" in table
+    assert "Training and evaluation time of these 2 runs" in table and "CPU-minutes" in table
     # a study in progress: seed 1 has not run, so --table-only tabulates seed 0 and trains nothing
     partial = run_ablation(data, str(grid), tmp_path / "abl", progress=False, table_only=True, seeds=[0, 1])
     assert (partial.trained, partial.skipped) == (0, 2)

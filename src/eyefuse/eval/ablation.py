@@ -260,7 +260,7 @@ def _train_and_evaluate(
     from eyefuse.eval.metrics import macro_auroc, official_score
     from eyefuse.train.engine import fit
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     cfg = load_config(base, overrides)
     cfg.data.root = str(Path(data).resolve())
     cfg.data.split_file = str(split_file.resolve())
@@ -287,6 +287,8 @@ def _train_and_evaluate(
             "official": official,
             "macro_auroc": macro_auroc(sp.truth, sp.rank_prob),
             "seconds": time.perf_counter() - t0,
+            # CPU seconds of all threads: the cost on a busy machine, where wall time is not
+            "cpu_seconds": time.process_time() - cpu0,
         },
     )
 
@@ -404,18 +406,21 @@ def _table(
                 "verdict_macro_auroc": d_auroc.verdict,
             }
         )
-    seconds = sum(
-        json.loads((out / "cells" / c.name / f"seed{s}" / "result.json").read_text()).get("seconds", 0.0)
+    results = [
+        json.loads((out / "cells" / c.name / f"seed{s}" / "result.json").read_text())
         for c in cells
         for s in spec["seeds"]
-    )
+    ]
+    seconds = sum(r.get("seconds", 0.0) for r in results)
+    cpu_seconds = sum(r.get("cpu_seconds", 0.0) for r in results)
     lines = [
         f"## Ablation around `{spec['base']}` on the {split} split ({n} patients, "
         f"{len(spec['seeds'])} seed(s): {', '.join(map(str, spec['seeds']))}; "
         f"{n_boot} paired bootstrap resamples)",
         "",
         f"Training and evaluation time of these {len(cells) * len(spec['seeds'])} runs: "
-        f"{seconds / 60:.0f} min (sum of the cells' `result.json` seconds).",
+        f"{seconds / 60:.0f} min wall, {cpu_seconds / 60:.0f} CPU-minutes (sums over the cells' "
+        "`result.json`; on an idle machine with N cores the wall time is about CPU-minutes / N).",
         "",
         "Δ: the cell minus the reference, mean over seeds; the 95 % CI resamples the same patients for "
         "both and each cell's seeds; the verdict is better / worse when the CI excludes 0, otherwise "
