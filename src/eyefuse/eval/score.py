@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from eyefuse import ODIR_LABELS
-from eyefuse.data.odir import ZH_COLUMNS, table_kind
+from eyefuse.data.layouts import ZH_COLUMNS
+from eyefuse.data.tables import table_kind
 from eyefuse.errors import DataError
 from eyefuse.eval.metrics import OFFICIAL_F1_NOTE, OFFICIAL_THRESHOLD, official_score
 from eyefuse.utils.io import atomic_open
