@@ -17,6 +17,7 @@ from eyefuse.errors import DataError
 
 
 def parse_label(value: Any, table: Table, row: int, column: str) -> int:
+    """A 0/1 label cell as an int; anything else is a DataError naming the cell."""
     text = cell_text(value)
     if text == "":
         raise DataError("label is empty (expected 0 or 1)", file=table.path, row=row, column=column)
@@ -115,6 +116,7 @@ def odir_rows(table: Table, extra: Sequence[str] = ()) -> list[OdirRow]:
 
 
 def check_unique_ids(table: Table, ids: Iterable[tuple[int, str]], column: str) -> None:
+    """Refuse a patient ID that appears twice in one table, naming both rows."""
     first: dict[str, int] = {}
     for number, pid in ids:
         if pid in first:

@@ -23,6 +23,8 @@ from eyefuse.errors import DataError
 
 @dataclass
 class Found:
+    """A detected dataset: its format, root folder and the annotation or split folder to read."""
+
     format: str
     root: Path
     annotation: Path | None = None  # challenge / kaggle / paired file, or an OIA split's xlsx
@@ -118,6 +120,8 @@ def _detect_dir(d: Path) -> Found | None:
 
 
 def detect(path: Path) -> tuple[Found, list[str]]:
+    """The dataset at a folder or annotation file (or one sub-folder down), with a note when it
+    was found in a sub-folder; DataError when there is none or several."""
     if path.is_file():
         return _detect_file(path), []
     if not path.is_dir():

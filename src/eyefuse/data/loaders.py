@@ -42,6 +42,8 @@ def _odir_patient(r: OdirRow, paths: dict[str, Path | None], source: str) -> Pat
 
 @dataclass
 class Loaded:
+    """What a loader read: patients, the annotation files they came from, notes for the user."""
+
     patients: list[Patient] = field(default_factory=list)
     annotation_files: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -150,12 +152,14 @@ def _oia_source(split_dir: Path, annotation: Path) -> str:
 
 
 def load_oia_split(split_dir: Path, check_images: bool, annotation: Path | None = None) -> Loaded:
+    """One OIA-ODIR split folder (`Annotation/` + `Images/`), or the given annotation of it."""
     annotation = annotation or _oia_annotation(split_dir)
     source = _oia_source(split_dir, annotation)
     return load_odir_table(annotation, source, check_images, ("Images", "images"), split_dir)
 
 
 def load_test_folders(base: Path, check_images: bool) -> Loaded:
+    """The OIA-style off-site / on-site test folders beside a challenge annotation, if any."""
     out = Loaded()
     for name, source in OIA_SPLITS:
         if source == "train":
@@ -309,4 +313,5 @@ def load_paired(csv_path: Path, check_images: bool) -> tuple[Loaded, tuple[str, 
 
 
 def preview(items: Sequence[str], n: int = 10) -> str:
+    """The first `n` items of a note's list, and how many more there are."""
     return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")

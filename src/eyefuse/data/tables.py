@@ -178,5 +178,6 @@ def peek_header(path: Path) -> list[str]:
 
 
 def is_lock_or_hidden(path: Path) -> bool:
+    """True for a file no annotation can be: hidden, or an Excel lock file."""
     # "~$name.xlsx" is the lock file Excel leaves beside an open workbook.
     return path.name.startswith(("~$", "."))

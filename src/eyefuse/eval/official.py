@@ -98,6 +98,8 @@ def official_score(
 def official_flat(
     gt: np.ndarray, pr: np.ndarray, threshold: float, rank: np.ndarray | None = None
 ) -> dict[str, float]:
+    """The official score of already checked, flattened arrays (`gt` bool), with numpy only: the
+    body of `official_score_fast` and of each bootstrap resample of `evaluate_predictions`."""
     pred = pr > threshold
     tp = int(np.count_nonzero(gt & pred))
     fp = int(np.count_nonzero(~gt & pred))
