@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from eyefuse.errors import DataError
 
 if TYPE_CHECKING:
-    from eyefuse.data.odir import Patient
+    from eyefuse.data.records import Patient
 
 log = logging.getLogger(__name__)
 

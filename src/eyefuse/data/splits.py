@@ -27,7 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from eyefuse.data.odir import Dataset, Patient, cell_text, load_dataset, read_table
+from eyefuse.data.odir import load_dataset
+from eyefuse.data.records import Dataset, Patient
+from eyefuse.data.tables import cell_text, read_table
 from eyefuse.errors import ConfigError, DataError
 from eyefuse.utils.io import atomic_write_text
 

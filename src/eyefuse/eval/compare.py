@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from eyefuse.errors import ConfigError, DataError
-from eyefuse.eval.metrics import macro_auroc, official_score_fast
+from eyefuse.eval.metrics import macro_auroc
+from eyefuse.eval.official import official_score_fast
 
 #: A metric of (truth, predictions) -> float; predictions are whatever one seed's entry holds.
 Metric = Callable[[np.ndarray, np.ndarray], float]

@@ -17,88 +17,36 @@ Conventions used throughout:
   sigmoid head both are the sigmoid; for the softmax head `prob` is softmax / its row maximum (the
   decision rule) and `rank_prob` the softmax itself, because the row maximum ties every patient's
   top label at 1.0 and those ties lower AUROC. Without `rank_prob` everything uses `prob`.
+
+The official score lives in `eyefuse.eval.official`, the input checks in `eyefuse.eval.checks` and
+the bootstrap in `eyefuse.eval.bootstrap`; this module holds the per-class, averaged and paper
+metrics and `evaluate_predictions`, which puts them all together for a report, and re-exports the
+names callers import from `eyefuse.eval.metrics`.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
-from scipy.stats import rankdata
-from sklearn.exceptions import UndefinedMetricWarning
-from sklearn.metrics import (
-    average_precision_score,
-    cohen_kappa_score,
-    f1_score,
-    precision_recall_fscore_support,
-    roc_auc_score,
-)
+from sklearn.metrics import average_precision_score, precision_recall_fscore_support
 
 from eyefuse.errors import ConfigError, DataError
-
-#: The threshold of the official ODIR-2019 score (applied as `prob > 0.5`).
-OFFICIAL_THRESHOLD = 0.5
-
-#: The sentence every report prints beside the official F1, because it is widely misread.
-OFFICIAL_F1_NOTE = (
-    "Note: the official F1 is computed over the flattened patients x labels matrix with micro "
-    "averaging, which equals element-wise accuracy; it is not the F1 of the positive class."
+from eyefuse.eval.bootstrap import Interval, bootstrap_ci
+from eyefuse.eval.checks import check_thresholds, check_truth_prob, rank_or_prob
+from eyefuse.eval.official import (
+    OFFICIAL_F1_NOTE,
+    OFFICIAL_THRESHOLD,
+    fast_auc,
+    official_flat,
+    official_score,
+    official_score_fast,
 )
 
 _CLASS_METRICS = ("auroc", "auprc", "sensitivity", "specificity", "precision", "f1")
-
-
-# --- input checks ----------------------------------------------------------------------------
-
-
-def check_truth_prob(truth: Any, prob: Any, *, what: str = "prob") -> tuple[np.ndarray, np.ndarray]:
-    """Validate a (patients x labels) 0/1 truth matrix and a same-shaped probability matrix.
-
-    Returns `(truth as uint8, prob as float64)`. Raises `DataError` naming the first bad cell, so a
-    logit matrix passed by mistake (values outside [0, 1]) is refused instead of scored.
-    """
-    truth = np.asarray(truth)
-    prob = np.asarray(prob, dtype=np.float64)
-    if truth.ndim != 2 or prob.shape != truth.shape:
-        raise DataError(
-            f"truth and {what} must be matrices of the same shape (patients x labels), "
-            f"got {truth.shape} and {prob.shape}"
-        )
-    if truth.shape[0] == 0 or truth.shape[1] == 0:
-        raise DataError(f"nothing to evaluate: truth has shape {truth.shape}")
-    bad = ~np.isin(truth, (0, 1))
-    if bad.any():
-        r, c = np.argwhere(bad)[0]
-        raise DataError(f"truth labels must be 0 or 1; patient {r}, label {c} is {truth[r, c]!r}")
-    nonfinite = ~np.isfinite(prob)
-    if nonfinite.any():
-        r, c = np.argwhere(nonfinite)[0]
-        raise DataError(
-            f"{what} has {int(nonfinite.sum())} NaN/infinite value(s); first at patient {r}, label {c}"
-        )
-    outside = (prob < 0) | (prob > 1)
-    if outside.any():
-        r, c = np.argwhere(outside)[0]
-        raise DataError(
-            f"{what} must lie in [0, 1] (probabilities, not logits); patient {r}, label {c} is {prob[r, c]!r}"
-        )
-    return truth.astype(np.uint8), prob
-
-
-def check_thresholds(thresholds: Any, n_labels: int) -> np.ndarray:
-    """Broadcast a scalar or per-class thresholds to shape (n_labels,) and check they lie in [0, 1]."""
-    thr = np.asarray(thresholds, dtype=np.float64)
-    if thr.ndim == 0:
-        thr = np.full(n_labels, float(thr))
-    if thr.shape != (n_labels,):
-        raise ConfigError(f"expected {n_labels} per-class thresholds, got shape {thr.shape}")
-    if not np.all(np.isfinite(thr)) or (thr < 0).any() or (thr > 1).any():
-        raise ConfigError(f"thresholds must be finite and in [0, 1], got {thr.tolist()}")
-    return thr
 
 
 def _none_if_nan(x: float) -> float | None:
@@ -107,113 +55,6 @@ def _none_if_nan(x: float) -> float | None:
 
 def _ratio(num: float, den: float) -> float:
     return num / den if den else math.nan
-
-
-# --- AUC and the official score --------------------------------------------------------------
-
-
-def fast_auc(truth: Any, score: Any) -> float:
-    """Area under the ROC curve from ranks (Mann-Whitney U); NaN when a class is absent.
-
-    Equal to `sklearn.metrics.roc_auc_score` (ties counted 1/2, as the ROC trapezoid does) but
-    several times faster, which matters inside bootstrap loops.
-    """
-    truth = np.asarray(truth).ravel().astype(bool)
-    score = np.asarray(score, dtype=np.float64).ravel()
-    n_pos = int(np.count_nonzero(truth))
-    n_neg = truth.size - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return math.nan
-    ranks = rankdata(score)  # average ranks: a tied positive/negative pair contributes one half
-    return float((ranks[truth].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-
-
-def _kappa_from_counts(tp: int, fp: int, fn: int, tn: int) -> float:
-    """Cohen's kappa of two binary raters, arranged as scikit-learn computes it (1 - observed/expected
-    disagreement) so both agree to rounding; NaN when undefined (both raters constant and equal)."""
-    n = tp + fp + fn + tn
-    truth_pos, truth_neg = tp + fn, tn + fp
-    pred_pos, pred_neg = tp + fp, tn + fn
-    expected_disagreement = pred_neg * truth_pos / n + pred_pos * truth_neg / n
-    if expected_disagreement == 0:
-        return math.nan
-    return 1.0 - (fp + fn) / expected_disagreement
-
-
-def _rank_or_prob(truth: np.ndarray, prob: np.ndarray, rank_prob: Any) -> np.ndarray:
-    if rank_prob is None:
-        return prob
-    _, rank = check_truth_prob(truth, rank_prob, what="rank_prob")
-    return rank
-
-
-def official_score(
-    truth: Any, prob: Any, threshold: float = OFFICIAL_THRESHOLD, *, rank_prob: Any = None
-) -> dict[str, float]:
-    """The ODIR-2019 challenge score, computed exactly as the official evaluation script does.
-
-    Both matrices are flattened row-major (numpy `.flatten()`, patient by patient) into one vector
-    of patients x labels entries, then with `pred = prob > threshold` (strictly greater, as the
-    script's `pr > th`):
-
-    - `kappa` = `sklearn.metrics.cohen_kappa_score(truth, pred)`,
-    - `f1` = `sklearn.metrics.f1_score(truth, pred, average='micro')`. Micro averaging over both
-      values of a flattened binary vector makes this exactly the element-wise accuracy, not the F1
-      of the positive class (see `OFFICIAL_F1_NOTE`),
-    - `auc` = `sklearn.metrics.roc_auc_score(truth, prob)`, one AUC over all labels pooled,
-    - `final` = (kappa + f1 + auc) / 3.
-
-    Where the official script would crash (no positive or no negative anywhere) `auc` and `final`
-    are NaN; kappa is NaN when truth and prediction are the same constant.
-
-    Args:
-        truth: (patients x labels) 0/1 matrix.
-        prob: (patients x labels) probabilities in [0, 1] (not logits).
-        threshold: binarisation threshold; the challenge used 0.5.
-        rank_prob: scores for the AUC instead of `prob` (the softmax head's softmax, see the module
-            notes); the official script has one matrix, so this is the score of a submission whose
-            AUC column came from `rank_prob`.
-    """
-    truth, prob = check_truth_prob(truth, prob)
-    gt = truth.ravel()
-    pr = _rank_or_prob(truth, prob, rank_prob).ravel()
-    decided = prob.ravel()
-    pred = (decided > threshold).astype(np.uint8)
-    with warnings.catch_warnings():
-        # Undefined cases are reported as NaN below; sklearn's warnings would only repeat that.
-        warnings.simplefilter("ignore", UndefinedMetricWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        kappa = float(cohen_kappa_score(gt, pred))
-        f1 = float(f1_score(gt, pred, average="micro"))
-        auc = float(roc_auc_score(gt, pr)) if 0 < gt.sum() < gt.size else math.nan
-    return {"kappa": kappa, "f1": f1, "auc": auc, "final": (kappa + f1 + auc) / 3.0}
-
-
-def _official_flat(
-    gt: np.ndarray, pr: np.ndarray, threshold: float, rank: np.ndarray | None = None
-) -> dict[str, float]:
-    pred = pr > threshold
-    tp = int(np.count_nonzero(gt & pred))
-    fp = int(np.count_nonzero(~gt & pred))
-    fn = int(np.count_nonzero(gt & ~pred))
-    tn = gt.size - tp - fp - fn
-    kappa = _kappa_from_counts(tp, fp, fn, tn)
-    f1 = (tp + tn) / gt.size  # micro-F1 over a flattened binary vector is accuracy
-    auc = fast_auc(gt, pr if rank is None else rank)
-    return {"kappa": kappa, "f1": f1, "auc": auc, "final": (kappa + f1 + auc) / 3.0}
-
-
-def official_score_fast(
-    truth: Any, prob: Any, threshold: float = OFFICIAL_THRESHOLD, *, rank_prob: Any = None
-) -> dict[str, float]:
-    """`official_score` computed with numpy (confusion counts and rank AUC) instead of scikit-learn.
-
-    Same values to floating-point rounding (checked by the tests), about ten times faster: use it
-    for bootstrap resamples; report point estimates with `official_score`.
-    """
-    truth, prob = check_truth_prob(truth, prob)
-    rank = None if rank_prob is None else _rank_or_prob(truth, prob, rank_prob).ravel()
-    return _official_flat(truth.ravel().astype(bool), prob.ravel(), threshold, rank)
 
 
 # --- per-class, macro and micro metrics ------------------------------------------------------
@@ -249,7 +90,7 @@ def per_class_metrics(
     `rank_prob` when given (see the module notes), the rest thresholds `prob`.
     """
     truth, prob = check_truth_prob(truth, prob)
-    rank = _rank_or_prob(truth, prob, rank_prob)
+    rank = rank_or_prob(truth, prob, rank_prob)
     n, n_labels = truth.shape
     if len(label_names) != n_labels:
         raise ConfigError(f"{len(label_names)} label names given for {n_labels} label columns")
@@ -301,7 +142,7 @@ def micro_metrics(truth: Any, prob: Any, thresholds: Any, *, rank_prob: Any = No
     `auroc` pooled over labels equals the official `auc`; `accuracy` is element-wise accuracy.
     """
     truth, prob = check_truth_prob(truth, prob)
-    rank = _rank_or_prob(truth, prob, rank_prob).ravel()
+    rank = rank_or_prob(truth, prob, rank_prob).ravel()
     thr = check_thresholds(thresholds, truth.shape[1])
     gt = truth.ravel()
     tp, fp, fn, tn = _binary_counts(gt, (prob > thr).ravel())
@@ -367,77 +208,6 @@ def paper_metrics(truth: Any, pred: Any, prob: Any = None) -> dict[str, float | 
     return out
 
 
-# --- bootstrap ---------------------------------------------------------------------------------
-
-
-class Interval(NamedTuple):
-    """A percentile bootstrap interval; `n_used` resamples had the metric defined (None bounds: none)."""
-
-    lo: float | None
-    hi: float | None
-    n_used: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"lo": self.lo, "hi": self.hi, "n_used": self.n_used}
-
-
-def bootstrap_ci(
-    fn: Callable[[np.ndarray, np.ndarray], Mapping[str, float | None]],
-    truth: Any,
-    prob: Any,
-    *,
-    n: int = 1000,
-    seed: int = 0,
-    alpha: float = 0.05,
-) -> dict[str, Interval]:
-    """Percentile confidence intervals of every metric `fn` returns, resampling patients.
-
-    Patients (rows) are drawn with replacement, `n` times, from `numpy.random.default_rng(seed)`,
-    so a seed gives the same intervals on every machine. A resample where a metric is undefined
-    (None or NaN, e.g. a class that drew no positive) is left out for that metric only; each
-    interval's `n_used` says how many resamples it rests on.
-
-    Args:
-        fn: `fn(truth_b, prob_b) -> {name: value}`, e.g. `official_score_fast`. `official_score`
-            itself is replaced by `official_score_fast` (the same values to rounding, ten times
-            faster; the resamples need no re-validation).
-        truth, prob: (patients x labels) arrays, resampled together by row.
-        n: number of resamples.
-        seed: seed of the resampling generator.
-        alpha: 1 - confidence level (0.05 gives 95 % intervals).
-    """
-    if n < 1:
-        raise ConfigError(f"bootstrap resamples must be at least 1, got {n}")
-    if not 0 < alpha < 1:
-        raise ConfigError(f"bootstrap alpha must be between 0 and 1, got {alpha}")
-    truth = np.asarray(truth)
-    prob = np.asarray(prob)
-    n_patients = truth.shape[0]
-    if n_patients == 0 or prob.shape[0] != n_patients:
-        raise DataError(f"cannot bootstrap {n_patients} truth rows against {prob.shape[0]} prediction rows")
-    if fn is official_score:
-        fn = official_score_fast
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n_patients, size=(n, n_patients))
-    values: dict[str, np.ndarray] = {}
-    for b in range(n):
-        res = fn(truth[draws[b]], prob[draws[b]])
-        for key, v in res.items():
-            if key not in values:
-                values[key] = np.full(n, np.nan)
-            values[key][b] = math.nan if v is None else float(v)
-    q = [100 * alpha / 2, 100 * (1 - alpha / 2)]
-    out: dict[str, Interval] = {}
-    for key, arr in values.items():
-        ok = arr[np.isfinite(arr)]
-        if ok.size == 0:
-            out[key] = Interval(None, None, 0)
-        else:
-            lo, hi = np.percentile(ok, q)
-            out[key] = Interval(float(lo), float(hi), int(ok.size))
-    return out
-
-
 # --- everything a report needs -----------------------------------------------------------------
 
 
@@ -459,7 +229,7 @@ def _headline_metrics(
     """
     n_labels = truth.shape[1]
     prob, rank = prob[:, :n_labels], prob[:, n_labels:]
-    res = _official_flat(truth.ravel().astype(bool), prob.ravel(), OFFICIAL_THRESHOLD, rank.ravel())
+    res = official_flat(truth.ravel().astype(bool), prob.ravel(), OFFICIAL_THRESHOLD, rank.ravel())
     pred = prob > thresholds
     aurocs = np.array([fast_auc(truth[:, j], rank[:, j]) for j in range(n_labels)])
     counts = [_binary_counts(truth[:, j], pred[:, j]) for j in range(truth.shape[1])]
@@ -530,7 +300,7 @@ def evaluate_predictions(
     if len(label_names) != n_labels:
         raise ConfigError(f"{len(label_names)} label names given for {n_labels} label columns")
     thr = check_thresholds(thresholds, n_labels)
-    rank = _rank_or_prob(truth, prob, rank_prob)
+    rank = rank_or_prob(truth, prob, rank_prob)
     official = official_score(truth, prob, rank_prob=rank)
     per_class = per_class_metrics(truth, prob, thr, label_names, rank_prob=rank)
     macro = macro_average(per_class)
@@ -590,3 +360,23 @@ def macro_auroc(truth: Any, prob: Any) -> float:
     vals = [fast_auc(truth[:, j], prob[:, j]) for j in range(truth.shape[1])]
     vals = [v for v in vals if not math.isnan(v)]
     return float(np.mean(vals)) if vals else math.nan
+
+
+__all__ = [
+    "OFFICIAL_F1_NOTE",
+    "OFFICIAL_THRESHOLD",
+    "Interval",
+    "bootstrap_ci",
+    "check_thresholds",
+    "check_truth_prob",
+    "evaluate_predictions",
+    "fast_auc",
+    "macro_auroc",
+    "macro_average",
+    "micro_metrics",
+    "official_score",
+    "official_score_fast",
+    "paper_metrics",
+    "per_class_metrics",
+    "to_jsonable",
+]

@@ -21,9 +21,10 @@ import numpy as np
 import pandas as pd
 
 from eyefuse import ODIR_LABELS
-from eyefuse.data.odir import ZH_COLUMNS, table_kind
+from eyefuse.data.layouts import ZH_COLUMNS
+from eyefuse.data.tables import table_kind
 from eyefuse.errors import DataError
-from eyefuse.eval.metrics import OFFICIAL_F1_NOTE, OFFICIAL_THRESHOLD, official_score
+from eyefuse.eval.official import OFFICIAL_F1_NOTE, OFFICIAL_THRESHOLD, official_score
 from eyefuse.utils.io import atomic_open
 
 #: Columns that mark the Kaggle `full_df.csv` copy (one row per image, not per patient).
@@ -277,7 +278,7 @@ def score_files(
 
     Refuses (DataError) a wrong header, an extra or missing patient, a duplicate ID, a row out of
     the truth's order, and any value that is not a number in [0, 1]; then returns the official
-    ODIR-2019 score (see `eyefuse.eval.metrics.official_score`).
+    ODIR-2019 score (see `eyefuse.eval.official.official_score`).
     """
     predictions, truth = Path(predictions), Path(truth)
     table = read_truth(truth, label_names)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from eyefuse.errors import ConfigError
-from eyefuse.eval.metrics import check_thresholds, check_truth_prob
+from eyefuse.eval.checks import check_thresholds, check_truth_prob
 
 THRESHOLD_METHODS = ("f1", "youden", "fixed")
 DEFAULT_THRESHOLD = 0.5
