@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -273,7 +274,7 @@ def test_model_card(full: dict[str, Any], plain: dict[str, Any]) -> None:
     plain_html = plain["files"].html.read_text(encoding="utf-8")
     card = full_html[full_html.index(SECTION_TITLES[5]) :]
     assert synthetic in card and "not a medical device" in card.lower()
-    assert "fitted on the &#x27;val&#x27; split" in card
+    assert "fitted on the 'val' split" in unescape(card)
     assert synthetic not in plain_html
     assert "is not recorded" in plain_html  # no calibration split in the plain context
 
