@@ -8,18 +8,32 @@ training log, no warnings).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import re
+from html import escape, unescape
 from html.parser import HTMLParser
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import jinja2
 import numpy as np
 import pytest
 
 from eyefuse.errors import DataError, EyefuseError
 from eyefuse.eval.metrics import OFFICIAL_F1_NOTE, evaluate_predictions
-from eyefuse.eval.report import SECTION_TITLES, ReportFiles, format_headline, read_training_log, write_report
+from eyefuse.eval.report import (
+    SECTION_TITLES,
+    ReportFiles,
+    Section,
+    build_report,
+    format_headline,
+    read_training_log,
+    render_html,
+    render_markdown,
+    write_report,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LOG_HEADER = (
@@ -273,7 +287,7 @@ def test_model_card(full: dict[str, Any], plain: dict[str, Any]) -> None:
     plain_html = plain["files"].html.read_text(encoding="utf-8")
     card = full_html[full_html.index(SECTION_TITLES[5]) :]
     assert synthetic in card and "not a medical device" in card.lower()
-    assert "fitted on the &#x27;val&#x27; split" in card
+    assert "fitted on the 'val' split" in unescape(card)
     assert synthetic not in plain_html
     assert "is not recorded" in plain_html  # no calibration split in the plain context
 
@@ -328,3 +342,71 @@ def test_bad_training_log_names_file_row_and_column(tmp_path: Path) -> None:
         read_training_log(bad)
     log = read_training_log(_write_log(tmp_path / "ok.csv"))
     assert log["epoch"].tolist() == [1, 2, 3, 4] and np.isnan(log["val_loss"][1])
+
+
+# --- the data model and the templates (no figures: fast) ---------------------------------------
+
+
+def _model_evaluation(labels: tuple[str, ...], n_boot: int = 20) -> dict[str, Any]:
+    truth, prob = _predictions(40, len(labels), seed=7)
+    evaluation = evaluate_predictions(truth, prob, label_names=labels, thresholds=0.4, n_boot=n_boot, seed=5)
+    evaluation["official_variants"] = [
+        {"scores": "raw (no temperatures)", "kappa": 0.4125, "f1": 0.8, "auc": 0.7725, "final": 0.6617}
+    ]
+    return evaluation
+
+
+def test_template_missing_a_field_fails_loudly() -> None:
+    report = build_report(_model_evaluation(("N", "D")), {"evaluated_split": "test"})
+    fields = {f.name: getattr(report, f.name) for f in dataclasses.fields(report)}
+    assert render_html(SimpleNamespace(**fields)) == render_html(report)  # the stand-in renders alike
+    del fields["subtitle"]
+    for render in (render_html, render_markdown):
+        with pytest.raises(jinja2.UndefinedError, match="subtitle"):
+            render(SimpleNamespace(**fields))
+
+
+def test_template_refuses_an_unknown_block() -> None:
+    report = build_report(_model_evaluation(("N", "D")), {})
+    odd = Section("7. Odd", (SimpleNamespace(kind="chart"),))  # type: ignore[arg-type]
+    report = dataclasses.replace(report, sections=(*report.sections, odd))
+    for render in (render_html, render_markdown):
+        with pytest.raises(ValueError, match="'chart'"):
+            render(report)
+
+
+def test_html_escapes_label_names_and_context() -> None:
+    script = "<script>alert(1)</script>"
+    evaluation = _model_evaluation(("N", script))
+    page = render_html(build_report(evaluation, {"warnings": [f"bad {script}"], "note": script}))
+    assert "<script" not in page.lower()
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    parsed = _Page()
+    parsed.feed(page)
+    assert "script" not in [tag for tag, _ in parsed.tags]
+    assert any(script in w for w in parsed.warnings)  # shown as text, not run
+    assert f"<td>{escape(script)}</td>" in page  # the per-class row's label
+    # Markdown is text: the label is written as it is, only table pipes are escaped.
+    assert f"| {script} |" in render_markdown(build_report(evaluation, {}))
+
+
+def _numbers(text: str) -> list[str]:
+    return re.findall(r"\d+(?:\.\d+)?", text)
+
+
+def test_html_and_markdown_show_the_same_numbers() -> None:
+    evaluation = _model_evaluation(("N", "D", "G", "C"))
+    context = {"evaluated_split": "test", "temperatures": [1.25, 0.875], "preprocess": {"size": 96}}
+    report = build_report(evaluation, context)
+    page = render_html(report)
+    body = page[page.index("<h1>") :]
+    body = body[: body.index("<nav>")] + body[body.index("</nav>") :]  # the nav repeats the headings
+    html_numbers = _numbers(unescape(re.sub(r"<[^>]+>", " ", body)))
+    md_numbers = _numbers(render_markdown(report))
+    assert html_numbers == md_numbers
+    final = f"{evaluation['official']['final']:.4f}"
+    interval = evaluation["official_ci"]["final"]
+    # The official final with its interval, a variant's score, a context value, a class threshold.
+    for shown in (final, f"{interval['lo']:.3f}", "0.6617", "0.875", "0.400"):
+        assert shown in html_numbers
+    assert len(html_numbers) > 200  # every table, not just the headline
