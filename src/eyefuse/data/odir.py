@@ -1,5 +1,9 @@
 """Dataset readers: one `Patient` per patient ID from the ODIR-5K releases or a generic paired CSV.
 
+Over 500 lines on purpose: the four layouts below share one table reader (xlsx/csv by content,
+Chinese or English headers), one cell parser and one image finder, so every way a file can be wrong
+is reported the same way from one module; a module per layout would split those shared parts.
+
 `load_dataset(data)` finds the format from a folder or a file:
 
 - ``challenge``: `ODIR-5K_Training_Annotations(Updated)_V2.xlsx` (or any .xlsx/.csv with the ODIR
@@ -48,17 +52,16 @@ from typing import Any
 
 import numpy as np
 
-from eyefuse import ODIR_LABELS
+from eyefuse import ODIR_LABELS, registry
 from eyefuse.data.keywords import (
     KeywordResult,
     keyword_labels,
     patient_labels_from_eyes,
     split_keywords,
 )
-from eyefuse.errors import ConfigError, DataError
+from eyefuse.errors import DataError
 
 FORMATS = ("challenge", "oia", "kaggle", "paired_csv")
-PROBLEM_IMAGE_CHOICES = ("exclude", "keep")
 SIDES = ("left", "right")
 
 #: Columns of every ODIR annotation table, in the order of the release.
@@ -1041,10 +1044,7 @@ def load_dataset(
         check_images: require every annotated image file to exist (DataError naming the first
             missing one and the count of the others).
     """
-    if problem_images not in PROBLEM_IMAGE_CHOICES:
-        raise ConfigError(
-            f"problem_images must be one of {', '.join(PROBLEM_IMAGE_CHOICES)}, not {problem_images!r}"
-        )
+    registry.PROBLEM_IMAGES.check(problem_images, key="problem_images")
     path = Path(data).expanduser()
     found, notes = _detect(path)
     label_names: tuple[str, ...] = ODIR_LABELS
