@@ -20,7 +20,8 @@ import collections
 import time
 from pathlib import Path
 
-from eyefuse.data.preprocess import FOV_METHODS, FovCircle, PreprocessError, decode_image, find_fov
+from eyefuse.data.decode import PreprocessError, decode_image
+from eyefuse.data.fov import FOV_METHODS, FovCircle, find_fov
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 

@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from eyefuse import ODIR_LABELS, __version__
-from eyefuse.data.preprocess import MAX_PIXELS
+from eyefuse.data.decode import MAX_PIXELS
 from eyefuse.errors import CheckpointError, ConfigError
 from eyefuse.serve.app import MIB, REASON_STATUS, create_app, status_for_reason
 from eyefuse.serve.explain import MIN_PANEL

@@ -165,7 +165,7 @@ def test_unwritable_or_full_output_is_one_line(
     rc, _, err = _run(["preprocess", photo, "--out", blocker / "out", "--size", 64], capsys)
     assert rc == EXIT_USAGE and "plain-file" in _one_line_error(err)
 
-    import eyefuse.data.preprocess as pre
+    import eyefuse.data.preprocess_files as pre
 
     def full(path: object, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(path))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from eyefuse.config import Config, config_from_dict, load_config, preset_names, save_config
+import pytest
+import yaml
+
+from eyefuse.config import Config, config_from_dict, load_config, resume_config, save_config
 from eyefuse.errors import ConfigError
+from eyefuse.registry import preset_names
 
 
 def test_presets_exist_and_validate() -> None:
@@ -100,22 +104,63 @@ def test_out_of_range_numbers_are_refused(setting: str, words: str) -> None:
 
 
 def test_model_choices_are_listed_without_torch() -> None:
-    """`eyefuse models` and config validation use the light registries in eyefuse.config; the
-    model modules attach their builders to the same names, so the two cannot drift apart."""
+    """`eyefuse models` and config validation read the light registries of eyefuse.registry; the
+    model modules bind their builders to the same names, so the two cannot drift apart."""
     import subprocess
     import sys
 
     code = (
-        "import sys; from eyefuse.config import describe_models; text = describe_models(); "
+        "import sys; import eyefuse.config; from eyefuse.registry import describe_models; "
+        "text = describe_models(); "
         "assert 'torch' not in sys.modules and 'timm' not in sys.modules; print(text)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
-    from eyefuse.config import ATTENTION_CHOICES, FUSION_CHOICES, HEAD_CHOICES, PLACEMENT_CHOICES
-    from eyefuse.models import ATTENTION_TYPES, FUSION_TYPES, HEADS, PLACEMENTS
+    from eyefuse import registry
 
-    assert list(ATTENTION_TYPES) == list(ATTENTION_CHOICES) and list(FUSION_TYPES) == list(FUSION_CHOICES)
-    assert HEADS == HEAD_CHOICES and PLACEMENTS == PLACEMENT_CHOICES
-    for name in [*ATTENTION_CHOICES, *FUSION_CHOICES, *HEAD_CHOICES, "resnet50", "demo"]:
-        assert name in out.stdout
+    for reg in (registry.ATTENTION, registry.PLACEMENT, registry.FUSION, registry.HEAD, registry.LOSS):
+        assert reg.title in out.stdout
+        for name in reg:
+            assert f"  {name} " in out.stdout, name
+    assert "resnet50" in out.stdout and all(p in out.stdout for p in preset_names())
+
+
+def test_old_configs_with_model_num_classes_still_load_and_resume(tmp_path: Path) -> None:
+    """`model.num_classes` is gone (the label names decide the outputs); run folders and
+    checkpoints written before keep it in their config and must still load and resume."""
+    old = Config().to_dict()
+    old["model"]["num_classes"] = 8
+    assert config_from_dict(old) == Config()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(old), encoding="utf-8")
+    cfg = resume_config(run, ["train.epochs=3"])
+    assert cfg.train.epochs == 3 and not hasattr(cfg.model, "num_classes")
+    # A user may not set it any more: it would be silently ignored.
+    with pytest.raises(ConfigError, match="unknown config key 'model.num_classes'"):
+        load_config("demo", ["model.num_classes=3"])
+
+
+@pytest.mark.parametrize(
+    ("setting", "words"),
+    [
+        ("preprocess.margin=2", "preprocess.margin must be between 0 and 1"),
+        ("preprocess.graham_sigma=0", "preprocess.graham_sigma must be positive"),
+        ("preprocess.clahe_clip=-1", "preprocess.clahe_clip must be positive"),
+        ("preprocess.clahe_grid=0", "preprocess.clahe_grid must be between 1 and 64"),
+        ("preprocess.size=8", "preprocess.size must be between 16 and 4096"),
+    ],
+)
+def test_preprocess_settings_are_checked_with_the_config(setting: str, words: str) -> None:
+    """One check of the preprocessing settings (`PreprocessConfig.validate`), run with the config,
+    so a wrong value is refused before anything is prepared."""
+    with pytest.raises(ConfigError, match=words):
+        load_config("demo", [setting])
+
+
+def test_text_settings_take_the_text_as_typed() -> None:
+    """YAML reads `off` as False; `--set train.amp=off` must still mean the choice `off`."""
+    assert load_config("demo", ["train.amp=off"]).train.amp == "off"
+    assert load_config("demo", ["data.root=null"]).data.root is None
+    assert load_config("demo", ["name=123"]).name == "123"

@@ -16,8 +16,9 @@ from PIL import Image
 
 from eyefuse.config import PreprocessConfig
 from eyefuse.data import decode
-from eyefuse.data.decode import MAX_PIXELS, decode_image
-from eyefuse.data.preprocess import PreprocessError, preprocess_files, preprocess_image
+from eyefuse.data.decode import MAX_PIXELS, PreprocessError, decode_image
+from eyefuse.data.preprocess import preprocess_image
+from eyefuse.data.preprocess_files import preprocess_files
 from test_preprocess import draw_fundus, jpeg_bytes
 
 # Runs in a fresh interpreter: the peak resident memory (ru_maxrss) of preprocessing one file,

@@ -23,7 +23,7 @@ from eyefuse.serve.explain import (
     explain_pair,
     lesion_mask,
     mask_to_preprocessed,
-    normalise_jointly,
+    normalize_jointly,
     pointing_game,
     previous_stage_maps,
     run_explain,
@@ -58,6 +58,7 @@ def test_run_explain_writes_one_png_per_label_attention_and_json(tmp_path, ckpt,
     assert doc["labels"] == ["D", "G"] and doc["patient"] == "3"
     assert doc["files"] == {"D": "D.png", "G": "G.png", "attention": "attention.png"}
     assert set(doc["probabilities"]) == set(ODIR_LABELS) and doc["attention"]["module"] == "attn.spatial"
+    assert doc["normalization"].startswith("joint")  # one spelling in public names
     expl = summary.explanation
     for label in ("D", "G"):
         left, right = expl.cams[label]["left"], expl.cams[label]["right"]
@@ -192,12 +193,12 @@ def test_label_and_checkpoint_errors(tmp_path, ckpt, eyes) -> None:
         run_explain(ckpt, None, None, tmp_path / "o")
 
 
-def test_normalise_jointly_keeps_the_ratio_between_eyes() -> None:
+def test_normalize_jointly_keeps_the_ratio_between_eyes() -> None:
     left, right = np.array([[0.0, 2.0]]), np.array([[1.0, 4.0]])
-    a, b = normalise_jointly([left, right])
+    a, b = normalize_jointly([left, right])
     np.testing.assert_allclose(a, [[0.0, 0.5]])
     np.testing.assert_allclose(b, [[0.25, 1.0]])
-    zero, none = normalise_jointly([np.zeros((2, 2)), None])
+    zero, none = normalize_jointly([np.zeros((2, 2)), None])
     assert none is None and not zero.any()
 
 

@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from eyefuse.config import PreprocessConfig
-from eyefuse.data.decode import work_block
-from eyefuse.data.preprocess import PreprocessError, find_fov, preprocess_image
+from eyefuse.data.decode import PreprocessError, work_block
+from eyefuse.data.fov import find_fov
+from eyefuse.data.preprocess import preprocess_image
 from test_preprocess import draw_fundus, jpeg_bytes
 
 

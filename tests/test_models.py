@@ -16,13 +16,11 @@ from eyefuse.errors import CheckpointError, ConfigError
 from eyefuse.models import (
     ATTENTION_TYPES,
     FUSION_TYPES,
-    HEADS,
     BinocularNet,
     build_model,
     count_parameters,
     create_attention,
     create_fusion,
-    describe_models,
 )
 from eyefuse.models.attention import (
     CBAM,
@@ -32,6 +30,8 @@ from eyefuse.models.attention import (
     SqueezeExcite,
 )
 from eyefuse.models.binocular import combine_eye_logits, ranking_probabilities
+from eyefuse.registry import HEAD as HEADS
+from eyefuse.registry import describe_models
 
 SIZE = 64
 TINY = "resnet10t"  # timm ResNet, BasicBlock, one block per stage: the cheapest ResNet-family model
@@ -435,7 +435,7 @@ def test_normalize_uses_model_mean_and_std() -> None:
 def test_label_names_set_the_number_of_outputs() -> None:
     cfg = _cfg()
     model = build_model(cfg, ["x", "y", "z"])
-    assert model.label_names == ("x", "y", "z") and model.cfg.num_classes == 3 and cfg.num_classes == 8
+    assert model.label_names == ("x", "y", "z") and model.head.out_features == 3
     assert model(*_images(1))["logits"].shape == (1, 3)
     assert _build().label_names == ODIR_LABELS
     with pytest.raises(ConfigError, match="duplicate"):

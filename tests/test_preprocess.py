@@ -15,22 +15,10 @@ import pytest
 from PIL import Image
 
 from eyefuse.config import PreprocessConfig
-from eyefuse.data.decode import _jpeg_frame_size
-from eyefuse.data.fov import _median_u8
-from eyefuse.data.preprocess import (
-    FOV_MASK_FRACTION,
-    FovCircle,
-    PreprocessError,
-    _resize_down,
-    decode_image,
-    find_fov,
-    fov_square,
-    jpeg_reduction,
-    output_names,
-    preprocess_array,
-    preprocess_files,
-    preprocess_image,
-)
+from eyefuse.data.decode import PreprocessError, _jpeg_frame_size, decode_image, jpeg_reduction
+from eyefuse.data.fov import FOV_MASK_FRACTION, FovCircle, _median_u8, find_fov, fov_square
+from eyefuse.data.preprocess import _resize_down, preprocess_array, preprocess_image
+from eyefuse.data.preprocess_files import output_names, preprocess_files
 from eyefuse.errors import ConfigError, EyefuseError
 
 

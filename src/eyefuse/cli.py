@@ -10,6 +10,10 @@ Exit status, for scripts (README "Exit status"):
      replace an input, or nothing that could be used at all; one line on stderr, no traceback.
 Errors a user can cause (`EyefuseError`, and file-system errors such as a read-only or full
 folder) print that one line; anything else is a bug and keeps its traceback.
+
+Over 500 lines on purpose: it is the parser of every subcommand with its options and help, and the
+checks each makes before importing torch; one file is the one place a user's options are defined.
+The choices it offers come from `eyefuse.registry`.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 
 from eyefuse import __version__
 from eyefuse.errors import ConfigError, EyefuseError
+from eyefuse.registry import ENHANCE, PROBLEM_IMAGES, describe_models, preset_names
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -137,9 +142,7 @@ def _csv_image_paths(path: Path) -> list[Path]:
 
 def _add_preprocess_options(p: argparse.ArgumentParser, *, size: int | None = 448) -> None:
     p.add_argument("--size", type=int, default=size, help="output side in pixels")
-    p.add_argument(
-        "--enhance", choices=("graham", "clahe", "none"), default="graham", help="detail enhancement"
-    )
+    p.add_argument("--enhance", choices=ENHANCE.names, default="graham", help="detail enhancement")
 
 
 def _preprocess_config(args: argparse.Namespace):
@@ -182,7 +185,12 @@ def cmd_preprocess(args: argparse.Namespace) -> int:
     for image in args.images:
         _must_exist(image, "image")
     cfg = _preprocess_config(args)
-    from eyefuse.data.preprocess import FAILED_CSV_HEADER, FOV_CSV_HEADER, output_names, preprocess_files
+    from eyefuse.data.preprocess_files import (
+        FAILED_CSV_HEADER,
+        FOV_CSV_HEADER,
+        output_names,
+        preprocess_files,
+    )
 
     # The lists `eyefuse preprocess` writes beside the PNGs, by their headers (an earlier run's lists
     # may be replaced; a user's file of the same name may not).
@@ -254,9 +262,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from eyefuse.config import describe_models  # the light registry: no torch, no timm
-
-    print(describe_models())
+    print(describe_models())  # the light registries: no torch, no timm
     return EXIT_OK
 
 
@@ -561,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--overwrite", action="store_true", help="replace files in --out that eyefuse did not write"
     )
 
-    problem_help = "the 16 images whose background the hospital altered: exclude or keep"
+    problem_help = "the 16 images whose background the hospital altered (exclude: those eyes are left out)"
     p = add("prepare", "preprocess a whole dataset once into the cache; check labels", cmd_prepare)
     p.add_argument(
         "--data", required=True, help="dataset folder or annotation file (format found automatically)"
@@ -574,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="cache folder (default <data>/.eyefuse-cache; give one when the dataset folder is read-only)",
     )
     p.add_argument("--workers", type=int, default=0, help="processes (default 0: all cores)")
-    p.add_argument("--problem-images", choices=("exclude", "keep"), default="exclude", help=problem_help)
+    p.add_argument("--problem-images", choices=PROBLEM_IMAGES.names, default="exclude", help=problem_help)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = add(
@@ -596,13 +602,13 @@ def build_parser() -> argparse.ArgumentParser:
         "official test set; must be 0 when it has one, whose off-site/on-site sets are the tests)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the stratification")
-    p.add_argument("--problem-images", choices=("exclude", "keep"), default="exclude", help=problem_help)
+    p.add_argument("--problem-images", choices=PROBLEM_IMAGES.names, default="exclude", help=problem_help)
 
     add("models", "list backbones, attention types, fusions, heads and config presets", cmd_models)
 
     p = add("train", "train a binocular model (resumable; torchrun for several GPUs)", cmd_train)
     p.add_argument("--data", help="dataset folder or annotation file (default: data.root of the config)")
-    p.add_argument("--config", help="preset name (paper, strong, demo) or YAML file (default demo)")
+    p.add_argument("--config", help=f"preset name ({', '.join(preset_names())}) or YAML file (default demo)")
     p.add_argument("--out", type=Path, help="run folder to create (required unless --resume)")
     p.add_argument(
         "--split",

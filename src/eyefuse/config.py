@@ -19,80 +19,9 @@ from typing import Any
 
 import yaml
 
+from eyefuse import registry
 from eyefuse.errors import ConfigError
-
-ENHANCE_CHOICES = ("graham", "clahe", "none")
-#: validation figures that may choose the best checkpoint (`train.select_metric`)
-SELECT_METRICS = ("val_macro_auroc", "val_final", "val_loss")
-
-# The model choices with one line each: the light registry behind `eyefuse models` and config
-# validation, so neither needs torch or timm (importing them takes seconds). The model modules
-# attach their builders to these names (`eyefuse.models.attention.ATTENTION_TYPES`, ...).
-ATTENTION_CHOICES: dict[str, str] = {
-    "none": "no attention (the plain backbone)",
-    "se": "squeeze-excitation channel gate, reduction 16",
-    "eca": "efficient channel attention: 1-D conv across channels, adaptive size",
-    "cbam": "CBAM: channel gate (avg+max MLP) then 7x7 spatial gate over channel mean and max",
-    "residual_attention": (
-        "the paper's block: SE channel gate then 7x7 spatial gate, added residually (x + gamma*x*M)"
-    ),
-}
-PLACEMENT_CHOICES: dict[str, str] = {
-    "last": "one attention module after the last stage (any backbone)",
-    "all": "one attention module in every residual block, before the addition (timm ResNet family only)",
-}
-FUSION_CHOICES: dict[str, str] = {
-    "concat": "pool each eye, concatenate (D = 2C)",
-    "sum": "pool each eye, add (D = C)",
-    "max": "pool each eye, element-wise maximum (D = C)",
-    "mul": "pool each eye, element-wise product (D = C)",
-    "ffm": "the paper's module: cat maps -> conv3x3-BN-ReLU -> conv1x1, x alpha, + eye mean, pool (D = C)",
-    "cross_attention": (
-        "each eye's feature tokens attend to the other eye's (8 heads, 256-d), pool, concatenate (D = 512)"
-    ),
-    "single": "no fusion: classify each eye alone; patient = either eye for diseases, both eyes for N "
-    "(baseline)",
-}
-HEAD_CHOICES: dict[str, str] = {
-    "sigmoid": "independent per-label probabilities (multi-label; BCE, focal or ASL loss)",
-    "softmax": "the paper's softmax over the labels; decisions on softmax / its row maximum, "
-    "rankings (AUROC) on the softmax",
-}
-#: timm names worth starting from, each checked to give a feature map (any timm CNN name works).
-RECOMMENDED_BACKBONES: dict[str, str] = {
-    "resnet50": "the paper's backbone (default); supports attention in every block",
-    "resnet18": "small and fast ResNet, for quick runs and CPUs",
-    "resnet34": "mid-size ResNet",
-    "resnet101": "deeper ResNet",
-    "resnext50_32x4d": "ResNeXt-50; supports attention in every block",
-    "efficientnet_b0": "EfficientNet-B0 (attention placement last)",
-    "efficientnet_b3": "EfficientNet-B3 (attention placement last)",
-    "convnext_tiny": "ConvNeXt-T (attention placement last)",
-}
-
-
-def _section(title: str, rows: dict[str, str]) -> list[str]:
-    width = max(len(k) for k in rows)
-    return [title, *(f"  {k.ljust(width)}  {v}" for k, v in rows.items()), ""]
-
-
-def describe_models() -> str:
-    """The text of `eyefuse models`: backbones, attention types, placements, fusions, heads, presets.
-
-    Built from the light registries above, without importing torch or timm, so that it answers at
-    once; listing timm's own names is left to timm (`timm.list_models('resnet*')`)."""
-    lines = _section(
-        "Backbones (model.backbone): any timm model name that returns a feature map "
-        "(`python -c \"import timm; print(timm.list_models('resnet*'))\"` lists timm's); recommended:",
-        RECOMMENDED_BACKBONES,
-    )
-    lines += _section("Attention (model.attention):", ATTENTION_CHOICES)
-    lines += _section("Attention placement (model.attention_placement):", PLACEMENT_CHOICES)
-    lines += _section("Fusion of both eyes (model.fusion):", FUSION_CHOICES)
-    lines += _section("Heads (model.head):", HEAD_CHOICES)
-    presets = preset_names()
-    lines.append(f"Presets (--config NAME): {', '.join(presets) if presets else '(none installed)'}")
-    return "\n".join(lines)
+from eyefuse.registry import preset_names
 
 
 @dataclass
@@ -109,12 +38,21 @@ class PreprocessConfig:
     mask: bool = True  #: black out pixels outside the field-of-view circle
 
     def validate(self) -> None:
-        if self.enhance not in ENHANCE_CHOICES:
-            raise ConfigError(
-                f"preprocess.enhance must be one of {', '.join(ENHANCE_CHOICES)}, not {self.enhance!r}"
-            )
+        """Refuse settings preprocessing cannot use (the one check of them: the preprocessing
+        functions call it too, since they may be given a config built in code)."""
+        registry.ENHANCE.check(self.enhance)
         if not 16 <= self.size <= 4096:
             raise ConfigError(f"preprocess.size must be between 16 and 4096 pixels, not {self.size}")
+        if not self.margin >= 0.0 or self.margin > 1.0:
+            raise ConfigError(
+                f"preprocess.margin must be between 0 and 1 (fraction of the radius), not {self.margin}"
+            )
+        if not self.graham_sigma > 0.0:
+            raise ConfigError(f"preprocess.graham_sigma must be positive, not {self.graham_sigma}")
+        if not self.clahe_clip > 0.0:
+            raise ConfigError(f"preprocess.clahe_clip must be positive, not {self.clahe_clip}")
+        if not 1 <= self.clahe_grid <= 64:
+            raise ConfigError(f"preprocess.clahe_grid must be between 1 and 64, not {self.clahe_grid}")
 
 
 @dataclass
@@ -160,7 +98,6 @@ class ModelConfig:
     head: str = "softmax"  #: sigmoid | softmax
     aux_eye_heads: bool = False  #: per-eye auxiliary heads trained on keyword-derived per-eye labels
     drop_rate: float = 0.2  #: dropout before the classifier
-    num_classes: int = 8
 
 
 @dataclass
@@ -234,17 +171,17 @@ class Config:
 
     def validate(self) -> None:
         self.preprocess.validate()
-        _choice("data.problem_images", self.data.problem_images, ("exclude", "keep"))
-        _choice("augment.flip", self.augment.flip, ("mirror_swap", "none"))
-        _choice("model.attention", self.model.attention, tuple(ATTENTION_CHOICES))
-        _choice("model.attention_placement", self.model.attention_placement, tuple(PLACEMENT_CHOICES))
-        _choice("model.fusion", self.model.fusion, tuple(FUSION_CHOICES))
-        _choice("model.head", self.model.head, tuple(HEAD_CHOICES))
-        _choice("loss.name", self.loss.name, ("bce", "focal", "asl"))
-        _choice("train.optimizer", self.train.optimizer, ("adamw", "sgd"))
-        _choice("train.amp", self.train.amp, ("auto", "bf16", "fp16", "off"))
-        _choice("train.select_metric", self.train.select_metric, SELECT_METRICS)
-        _choice("eval.threshold_method", self.eval.threshold_method, ("f1", "youden", "fixed"))
+        registry.PROBLEM_IMAGES.check(self.data.problem_images)
+        registry.FLIP.check(self.augment.flip)
+        registry.ATTENTION.check(self.model.attention)
+        registry.PLACEMENT.check(self.model.attention_placement)
+        registry.FUSION.check(self.model.fusion)
+        registry.HEAD.check(self.model.head)
+        registry.LOSS.check(self.loss.name)
+        registry.OPTIMIZER.check(self.train.optimizer)
+        registry.AMP.check(self.train.amp)
+        registry.SELECT_METRIC.check(self.train.select_metric)
+        registry.THRESHOLD_METHOD.check(self.eval.threshold_method)
         if not 0.0 < self.data.val_fraction < 1.0:
             raise ConfigError(f"data.val_fraction must be in (0, 1), not {self.data.val_fraction}")
         if self.train.epochs < 1 or self.train.batch_size < 1:
@@ -292,17 +229,6 @@ def _range(
         lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
         hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
         raise ConfigError(f"{key} must be {' and '.join(x for x in (lo, hi) if x)}, not {value}")
-
-
-def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"{key} must be one of {', '.join(allowed)}, not {value!r}")
-
-
-def preset_names() -> list[str]:
-    """Names of the presets shipped with eyefuse (`configs/*.yaml`)."""
-    files = resources.files("eyefuse").joinpath("configs")
-    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
 
 
 def load_config(name_or_path: str | None = None, overrides: list[str] | None = None) -> Config:
@@ -382,6 +308,12 @@ def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
             dst[k] = v
 
 
+#: Keys earlier versions wrote into config.yaml and checkpoints and that no longer mean anything:
+#: dropped when read, so old run folders and checkpoints still load and resume.
+#: `model.num_classes` was overwritten by the number of label names the data has.
+RETIRED_KEYS = frozenset({"model.num_classes"})
+
+
 def config_from_dict(d: dict[str, Any]) -> Config:
     """Rebuild a Config from `Config.to_dict()` output (e.g. a checkpoint's metadata)."""
     cfg = Config()
@@ -399,6 +331,8 @@ def _apply_dict(obj: Any, d: dict[str, Any], source: str, prefix: str = "") -> N
     names = {f.name: f for f in fields(obj)}
     for key, value in d.items():
         full = f"{prefix}{key}"
+        if full in RETIRED_KEYS:
+            continue
         if key not in names:
             raise ConfigError(f"{source}: unknown config key {full!r}{_did_you_mean(key, names, prefix)}")
         current = getattr(obj, key)
@@ -472,8 +406,14 @@ def apply_override(cfg: Config, item: str) -> None:
             obj = getattr(obj, part)
     if is_dataclass(getattr(obj, parts[-1])):
         raise ConfigError(f"--set {item!r}: {key!r} is a section; set one of its keys")
-    value = yaml.safe_load(raw) if raw.strip() else ""
-    setattr(obj, parts[-1], _coerce(value, _field_type(obj, parts[-1]), key, "--set"))
+    tp = _field_type(obj, parts[-1])
+    if str in (tp, *typing.get_args(tp)):
+        # A text setting takes the text as typed: YAML would read `off` or `no` as a boolean
+        # (`--set train.amp=off` must mean "off", not "False").
+        value: Any = raw.strip()
+    else:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    setattr(obj, parts[-1], _coerce(value, tp, key, "--set"))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
@@ -484,11 +424,6 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 
 __all__ = [
-    "ATTENTION_CHOICES",
-    "FUSION_CHOICES",
-    "HEAD_CHOICES",
-    "PLACEMENT_CHOICES",
-    "RECOMMENDED_BACKBONES",
     "AugmentConfig",
     "Config",
     "DataConfig",
@@ -499,9 +434,7 @@ __all__ = [
     "TrainConfig",
     "apply_override",
     "config_from_dict",
-    "describe_models",
     "load_config",
-    "preset_names",
     "resume_config",
     "save_config",
 ]

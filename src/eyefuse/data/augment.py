@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from eyefuse.config import AugmentConfig
 from eyefuse.errors import ConfigError
+from eyefuse.registry import FLIP
 
 #: ImageNet channel statistics on a 0..1 scale (the pretrained backbones expect them).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -64,8 +65,7 @@ def check_augment_config(cfg: AugmentConfig) -> None:
         value = getattr(cfg, name)
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"augment.{name} is a probability and must be in [0, 1], not {value}")
-    if cfg.flip not in ("mirror_swap", "none"):
-        raise ConfigError(f"augment.flip must be one of mirror_swap, none, not {cfg.flip!r}")
+    FLIP.check(cfg.flip)
 
 
 def normalize(

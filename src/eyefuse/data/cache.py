@@ -39,7 +39,7 @@ import numpy as np
 from tqdm import tqdm
 
 from eyefuse.config import PreprocessConfig
-from eyefuse.data.preprocess import PreprocessError, check_config, preprocess_image
+from eyefuse.data.preprocess import PreprocessError, preprocess_image
 from eyefuse.errors import ConfigError
 from eyefuse.utils.io import atomic_open, atomic_write_json
 
@@ -83,7 +83,7 @@ class PreprocessCache:
     """
 
     def __init__(self, root: Path | str, cfg: PreprocessConfig):
-        check_config(cfg)
+        cfg.validate()
         self.root = Path(root)
         self.cfg = cfg
         self.settings_hash = settings_hash(cfg)

@@ -1,5 +1,5 @@
 """Decoding of a photograph's bytes to RGB uint8, reduced at the source when it is much larger than
-needed, with the guards a service needs (see `eyefuse.data.preprocess` for the decisions).
+needed, with the guards a service needs.
 
 Memory per decode is bounded: `MAX_PIXELS` (by header, before any pixel is decoded) is set from real
 fundus cameras, and a JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain when the output
@@ -8,6 +8,21 @@ allows, so only formats without reduced decoding (PNG, TIFF, ...) ever hold a fu
 libjpeg's warnings about corrupt data ("Corrupt JPEG data: ...") are printed by the C library to the
 process's standard error, where nobody reads them and nothing downstream knows. `decode_image`
 captures them (`_capture_stderr`) and reports them in `notes` instead.
+
+Decisions where the task left room:
+
+- EXIF orientation is applied, by both decoders (OpenCV and Pillow agree), so an image is processed
+  as every viewer shows it; a field of view found on it is in the pixel coordinates of that
+  oriented image. ODIR images carry no orientation tag.
+- A JPEG without the end-of-image marker (FFD9) in its last 4 KiB is refused as truncated: libjpeg
+  would silently fill the missing rows with grey. Other formats are decoded by Pillow in strict
+  mode, which raises on truncation.
+- Images over `MAX_PIXELS` (25 MP, by header size, before decoding; the largest fundus cameras
+  have about 24 MP) are refused, which bounds one decode's memory; images under `MIN_SIDE` pixels
+  are refused as too small to hold a field of view.
+- 16-bit images are scaled by their full 16-bit range (high byte), never by their content, so that
+  the result does not depend on the picture; 32-bit float images are refused. Alpha is dropped
+  (not composited); palette images are expanded; multi-frame files use their first frame.
 """
 
 from __future__ import annotations

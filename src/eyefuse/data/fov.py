@@ -6,6 +6,22 @@ photograph gets the same field of view whatever output size is asked for
 (`test_same_field_of_view_at_every_output_size`). When no circle fits, it falls back to what the
 photograph shows (an ellipse, a fundus cropped by the frame, the bright region's extent), so that
 real photographs that were resized, cut or cropped by earlier processing are not lost.
+
+It also owns the field of view's geometry in the model input: the crop around it (`fov_square`,
+`fov_box`) and its mask there (`fov_mask`), shared by preprocessing and by everything that maps
+source pixels into the model input (lesion masks, Grad-CAM overlays).
+
+Decisions where the task left room:
+
+- An ellipse (`FovCircle.radius_y`: a circle whose photograph was resized to another aspect ratio,
+  as in Kaggle's 512 x 512 copies) is mapped to the square input by stretching its bounding box to
+  the square (`fov_box`): it becomes a circle again, which undoes the resize, and is masked as one.
+  A photograph cropped to the fundus (method ``cropped``) or known only by its bright region's
+  extent (``extent``) gets the ellipse inscribed in that box as its field of view and mask: the
+  corners of a cut fundus are dropped rather than risk keeping border or labels.
+- The mask keeps `FOV_MASK_FRACTION` (98 %) of the radius, which only drops the optics' dark
+  fall-off at the rim, and also excludes the rows or columns where the circle is cut off by the
+  frame.
 """
 
 from __future__ import annotations
@@ -16,6 +32,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from eyefuse.config import PreprocessConfig
 from eyefuse.data.decode import _SOURCE_LABEL_ARRAY, PreprocessError, work_block
 
 #: Fraction of the fitted radius kept by the mask (drops the dark fall-off at the rim).
@@ -380,3 +397,43 @@ def find_fov(rgb: np.ndarray, *, name: str | None = None, scale: float = 1.0) ->
         "no field of view found (the bright region is neither a circle, an ellipse, nor a fundus "
         f"cropped by the frame: it fills {100 * fill:.0f} % of its bounding box)",
     )
+
+
+# --- the field of view in the model input ------------------------------------------------------
+
+
+def fov_square(fov: FovCircle, cfg: PreprocessConfig) -> tuple[int, int, int]:
+    """The square crop around a circular field of view, `(x0, y0, side)` in the circle's pixel
+    coordinates: half-side `radius * (1 + margin)` rounded to whole pixels (so the side is even,
+    which lets the resize halve it exactly), possibly reaching beyond the frame (padded black).
+    Shared by preprocessing and by everything that maps source pixels into the model input (lesion
+    masks). For an ellipse it is the square of its horizontal semi-axis; `fov_box` is exact."""
+    half = max(1, round(fov.radius * (1.0 + cfg.margin)))
+    # Pixel x covers [x - 0.5, x + 0.5), so the square spans [x0 - 0.5, x0 + 2 half - 0.5): its
+    # middle x0 + half - 0.5 is put within half a pixel of the circle's centre.
+    return math.floor(fov.cx + 1.0) - half, math.floor(fov.cy + 1.0) - half, 2 * half
+
+
+def fov_box(fov: FovCircle, cfg: PreprocessConfig) -> tuple[int, int, int, int]:
+    """The crop around a field of view, `(x0, y0, width, height)`: `fov_square` for a circle; for
+    an ellipse its bounding box (+ margin), which preprocessing stretches to the square input, so
+    the ellipse becomes a circle again (undoing the resize that made a circle an ellipse)."""
+    x0, y0, side = fov_square(fov, cfg)
+    if fov.radius_y is None:
+        return x0, y0, side, side
+    half_y = max(1, round(fov.radius_y * (1.0 + cfg.margin)))
+    return x0, math.floor(fov.cy + 1.0) - half_y, side, 2 * half_y
+
+
+def fov_mask(size: int, cx: float, cy: float, radius: float, box: tuple[float, ...]) -> np.ndarray:
+    """uint8 0/255 mask `size x size` of the disc (sub-pixel centre and radius) within `box`, the
+    `(left, top, right, bottom)` of real pixels (outside it the crop was padded)."""
+    mask = np.zeros((size, size), np.uint8)
+    cv2.circle(mask, (round(cx * 16), round(cy * 16)), max(0, round(radius * 16)), 255, -1, cv2.LINE_8, 4)
+    left, top, right, bottom = (min(size, max(0, round(v))) for v in box)
+    # Where the circle is cut by the frame (padded rows/columns), there is no retina to keep.
+    mask[:top] = 0
+    mask[bottom:] = 0
+    mask[:, :left] = 0
+    mask[:, right:] = 0
+    return mask

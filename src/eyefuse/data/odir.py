@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from eyefuse import ODIR_LABELS
+from eyefuse import ODIR_LABELS, registry
 from eyefuse.data.detect import detect
 from eyefuse.data.keywords import KeywordResult, keyword_labels, patient_labels_from_eyes
 from eyefuse.data.layouts import (
@@ -82,9 +82,7 @@ from eyefuse.data.loaders import (
 )
 from eyefuse.data.records import SIDES, Dataset, Patient
 from eyefuse.data.tables import cell_text, read_table, table_kind
-from eyefuse.errors import ConfigError, DataError
-
-PROBLEM_IMAGE_CHOICES = ("exclude", "keep")
+from eyefuse.errors import DataError
 
 
 def _is_synthetic(*folders: Path) -> bool:
@@ -103,10 +101,7 @@ def load_dataset(
         check_images: require every annotated image file to exist (DataError naming the first
             missing one and the count of the others).
     """
-    if problem_images not in PROBLEM_IMAGE_CHOICES:
-        raise ConfigError(
-            f"problem_images must be one of {', '.join(PROBLEM_IMAGE_CHOICES)}, not {problem_images!r}"
-        )
+    registry.PROBLEM_IMAGES.check(problem_images, key="problem_images")
     path = Path(data).expanduser()
     found, notes = detect(path)
     label_names: tuple[str, ...] = ODIR_LABELS
@@ -332,7 +327,6 @@ __all__ = [
     "OIA_SPLITS",
     "PAIRED_COLUMNS",
     "PROBLEM_IMAGES",
-    "PROBLEM_IMAGE_CHOICES",
     "SIDES",
     "SPLIT_COLUMN",
     "SPLIT_SOURCES",

@@ -1,84 +1,50 @@
-"""Preprocessing of one fundus photograph into a model input: the one function used everywhere.
+"""Preprocessing of one fundus photograph into a model input: the one pipeline used everywhere.
 
-`preprocess_image` is called by `eyefuse preprocess`, by the preprocessing cache (training), by
-predict and by the web service, so training and inference see exactly the same pixels:
+`preprocess_image` is called by `eyefuse preprocess` (`eyefuse.data.preprocess_files`), by the
+preprocessing cache (training), by predict and by the web service, so training and inference see
+exactly the same pixels:
 
-1. decode (`eyefuse.data.decode.decode_image`): a large JPEG is decoded at 1/2, 1/4 or 1/8 scale
-   directly from its DCT coefficients, which skips most of the inverse DCT, colour conversion and
-   memory traffic (the entropy decoding remains) and loses nothing once the image is shrunk to the
-   input size anyway; other formats are box-averaged by the same factor right after decoding;
+1. read and decode (`eyefuse.data.decode.decode_image`): a large JPEG is decoded at 1/2, 1/4 or 1/8
+   scale directly from its DCT coefficients, which skips most of the inverse DCT, colour conversion
+   and memory traffic (the entropy decoding remains) and loses nothing once the image is shrunk to
+   the input size anyway; other formats are box-averaged by the same factor right after decoding;
 2. find the field of view (`eyefuse.data.fov.find_fov`) on block means of the source whose size
    depends on the source only, so the same photograph gets the same field of view at every output
    size: the bright circle of the retina on the dark border, fitted robustly (RANSAC + least
    squares) to the edge of the largest bright region, ignoring the frame edges where the circle is
    cut off; when no circle fits, an ellipse, a fundus cropped by the frame, or the region's extent;
-3. crop the field of view's bounding box (+ `margin`), padding with black where it leaves the
-   frame, and resize to `size` (anti-aliased when shrinking: `_resize_down`);
-4. enhance (`graham` local contrast, `clahe` on the L channel of Lab, or `none`);
-5. black out everything outside the field of view (`mask`).
+3. crop the field of view's bounding box (`eyefuse.data.fov.fov_box`, + `margin`), padding with
+   black where it leaves the frame, and resize to `size` (anti-aliased when shrinking:
+   `_resize_down`);
+4. enhance (`ENHANCERS`: `graham` local contrast, `clahe` on the L channel of Lab, or `none`);
+5. black out everything outside the field of view (`mask`, `eyefuse.data.fov.fov_mask`).
 
-Decisions where the task left room (documented here once):
+The decisions of steps 1 and 2 are written in `eyefuse.data.decode` and `eyefuse.data.fov`.
 
-- EXIF orientation is applied, by both decoders (OpenCV and Pillow agree), so an image is processed
-  as every viewer shows it; the returned circle is in the pixel coordinates of that oriented image at
-  full source resolution. ODIR images carry no orientation tag.
-- A JPEG without the end-of-image marker (FFD9) in its last 4 KiB is refused as truncated: libjpeg
-  would silently fill the missing rows with grey. Other formats are decoded by Pillow in strict
-  mode, which raises on truncation.
-- Images over `MAX_PIXELS` (25 MP, by header size, before decoding; the largest fundus cameras
-  have about 24 MP) are refused, which bounds one decode's memory; images under `MIN_SIDE` pixels
-  are refused as too small to hold a field of view. libjpeg's "Corrupt JPEG data" warnings are
-  captured, not printed, and returned in `notes` (predict and the service show them as warnings).
-- An ellipse (`FovCircle.radius_y`: a circle whose photograph was resized to another aspect ratio,
-  as in Kaggle's 512 x 512 copies) is mapped to the square input by stretching its bounding box to
-  the square: it becomes a circle again, which undoes the resize, and is masked as one. A
-  photograph cropped to the fundus (method ``cropped``) or known only by its bright region's extent
-  (``extent``) gets the ellipse inscribed in that box as its field of view and mask: the corners
-  of a cut fundus are dropped rather than risk keeping border or labels.
-- 16-bit images are scaled by their full 16-bit range (high byte), never by their content, so that
-  the result does not depend on the picture; 32-bit float images are refused. Alpha is dropped
-  (not composited); palette images are expanded; multi-frame files use their first frame.
-- `graham` subtracts a mask-normalised Gaussian (the blur of the masked image divided by the blur of
+Decisions where the task left room:
+
+- libjpeg's "Corrupt JPEG data" warnings are captured, not printed, and returned in `notes`
+  (predict and the service show them as warnings).
+- `graham` subtracts a mask-normalized Gaussian (the blur of the masked image divided by the blur of
   the mask), so the black outside the circle does not leak in as a bright halo at the edge. Ben
   Graham instead masked to 90 % of the radius, losing the periphery; here the mask keeps
-  `FOV_MASK_FRACTION` (98 %) of the radius, which only drops the optics' dark fall-off at the rim,
-  and also excludes the rows or columns where the circle is cut off by the frame.
+  `FOV_MASK_FRACTION` (98 %) of the radius (see `eyefuse.data.fov`).
 """
 
 from __future__ import annotations
 
-import csv
 import functools
 import math
-import os
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from eyefuse.config import PreprocessConfig
-from eyefuse.data.decode import (
-    _SOURCE_LABEL_ARRAY,
-    MAX_FILE_BYTES,
-    MAX_PIXELS,
-    MIN_SIDE,
-    WORK_SIDE,
-    PreprocessError,
-    _label,
-    decode_image,
-    jpeg_reduction,
-    work_block,
-)
-from eyefuse.data.fov import FOV_MASK_FRACTION, FOV_METHODS, FovCircle, find_fov
-from eyefuse.errors import ConfigError
-from eyefuse.utils.io import atomic_open, atomic_write_bytes
-
-#: Headers of the lists `preprocess_files` writes beside its PNGs (the CLI recognises its own
-#: earlier lists by them).
-FOV_CSV_HEADER = ("path", "cx", "cy", "radius", "output", "radius_y", "method")
-FAILED_CSV_HEADER = ("path", "reason")
+from eyefuse.data.decode import _SOURCE_LABEL_ARRAY, PreprocessError, _label, decode_image
+from eyefuse.data.fov import FOV_MASK_FRACTION, FovCircle, find_fov, fov_box, fov_mask
+from eyefuse.registry import ENHANCE
 
 # --- crop, resize, enhance, mask ----------------------------------------------------------------
 
@@ -102,19 +68,6 @@ def _crop_square(
     if any(pads):
         crop = cv2.copyMakeBorder(crop, *pads, cv2.BORDER_CONSTANT, value=(0, 0, 0))
     return crop, box
-
-
-def _fov_mask(size: int, cx: float, cy: float, radius: float, box: tuple[float, ...]) -> np.ndarray:
-    """uint8 0/255 mask of the disc (sub-pixel centre and radius) within the box of real pixels."""
-    mask = np.zeros((size, size), np.uint8)
-    cv2.circle(mask, (round(cx * 16), round(cy * 16)), max(0, round(radius * 16)), 255, -1, cv2.LINE_8, 4)
-    left, top, right, bottom = (min(size, max(0, round(v))) for v in box)
-    # Where the circle is cut by the frame (padded rows/columns), there is no retina to keep.
-    mask[:top] = 0
-    mask[bottom:] = 0
-    mask[:, :left] = 0
-    mask[:, right:] = 0
-    return mask
 
 
 def _apply_mask(img: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -157,7 +110,7 @@ def _graham(img: np.ndarray, cfg: PreprocessConfig, radius: float, mask: np.ndar
     if mask is None:
         mean = _coarse_blur(img, sigma, f)
     else:
-        # Mask-normalised blur: the local mean over field-of-view pixels only, so the black outside
+        # Mask-normalized blur: the local mean over field-of-view pixels only, so the black outside
         # does not darken the mean near the edge (which would show as a bright halo). The quotient is
         # smooth, so it is taken on the coarse grid and only then upsampled. The mask is 0/255, so
         # its uint8 downsample keeps the covered fraction to 1/255.
@@ -209,42 +162,21 @@ def _clahe_rgb(img: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
 
 
-def check_config(cfg: PreprocessConfig) -> None:
-    """Validate `cfg`, including the numeric fields `PreprocessConfig.validate` leaves open."""
-    cfg.validate()
-    if not cfg.margin >= 0.0 or cfg.margin > 1.0:
-        raise ConfigError(
-            f"preprocess.margin must be between 0 and 1 (fraction of the radius), not {cfg.margin}"
-        )
-    if not cfg.graham_sigma > 0.0:
-        raise ConfigError(f"preprocess.graham_sigma must be positive, not {cfg.graham_sigma}")
-    if not cfg.clahe_clip > 0.0:
-        raise ConfigError(f"preprocess.clahe_clip must be positive, not {cfg.clahe_clip}")
-    if not 1 <= cfg.clahe_grid <= 64:
-        raise ConfigError(f"preprocess.clahe_grid must be between 1 and 64, not {cfg.clahe_grid}")
+def _clahe_enhance(
+    img: np.ndarray, cfg: PreprocessConfig, radius: float, mask: np.ndarray | None
+) -> np.ndarray:
+    return _clahe_rgb(img, cfg)
 
 
-def fov_square(fov: FovCircle, cfg: PreprocessConfig) -> tuple[int, int, int]:
-    """The square crop around a circular field of view, `(x0, y0, side)` in the circle's pixel
-    coordinates: half-side `radius * (1 + margin)` rounded to whole pixels (so the side is even,
-    which lets the resize halve it exactly), possibly reaching beyond the frame (padded black).
-    Shared by preprocessing and by everything that maps source pixels into the model input (lesion
-    masks). For an ellipse it is the square of its horizontal semi-axis; `fov_box` is exact."""
-    half = max(1, round(fov.radius * (1.0 + cfg.margin)))
-    # Pixel x covers [x - 0.5, x + 0.5), so the square spans [x0 - 0.5, x0 + 2 half - 0.5): its
-    # middle x0 + half - 0.5 is put within half a pixel of the circle's centre.
-    return math.floor(fov.cx + 1.0) - half, math.floor(fov.cy + 1.0) - half, 2 * half
+def _no_enhance(img: np.ndarray, cfg: PreprocessConfig, radius: float, mask: np.ndarray | None) -> np.ndarray:
+    return img
 
 
-def fov_box(fov: FovCircle, cfg: PreprocessConfig) -> tuple[int, int, int, int]:
-    """The crop around a field of view, `(x0, y0, width, height)`: `fov_square` for a circle; for
-    an ellipse its bounding box (+ margin), which preprocessing stretches to the square input, so
-    the ellipse becomes a circle again (undoing the resize that made a circle an ellipse)."""
-    x0, y0, side = fov_square(fov, cfg)
-    if fov.radius_y is None:
-        return x0, y0, side, side
-    half_y = max(1, round(fov.radius_y * (1.0 + cfg.margin)))
-    return x0, math.floor(fov.cy + 1.0) - half_y, side, 2 * half_y
+#: `preprocess.enhance` -> `(image, cfg, field-of-view radius in output px, mask or None) -> image`;
+#: names and descriptions: `eyefuse.registry.ENHANCE`.
+ENHANCERS: dict[str, Callable[[np.ndarray, PreprocessConfig, float, np.ndarray | None], np.ndarray]] = (
+    ENHANCE.bind({"graham": _graham, "clahe": _clahe_enhance, "none": _no_enhance})
+)
 
 
 def preprocess_array(
@@ -259,7 +191,7 @@ def preprocess_array(
         The model input (RGB uint8 `size x size x 3`) and the field of view in pixel coordinates
         of `rgb`.
     """
-    check_config(cfg)
+    cfg.validate()
     rgb = np.asarray(rgb)
     if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise PreprocessError(
@@ -285,14 +217,11 @@ def preprocess_array(
     mask = None
     if cfg.mask:
         left, top, right, bottom = box
-        mask = _fov_mask(
+        mask = fov_mask(
             size, ocx, ocy, FOV_MASK_FRACTION * orad, (left * kx, top * ky, right * kx, bottom * ky)
         )
 
-    if cfg.enhance == "graham":
-        img = _graham(img, cfg, orad, mask)
-    elif cfg.enhance == "clahe":
-        img = _clahe_rgb(img, cfg)
+    img = ENHANCERS[cfg.enhance](img, cfg, orad, mask)
     if mask is not None:
         img = _apply_mask(img, mask)  # after enhancement: nothing computed outside the circle survives
     return img, fov
@@ -321,148 +250,18 @@ def preprocess_image(
         PreprocessError: the file cannot be read or decoded, or holds no field of view.
     """
     label = _label(source, name)
-    check_config(cfg)
+    cfg.validate()
     rgb, scale = decode_image(source, cfg.size, name=label, notes=notes)
     out, fov = preprocess_array(rgb, cfg, name=label, scale=scale)
     return out, fov.scaled(1.0 / scale)
 
 
-# --- the `eyefuse preprocess` command -----------------------------------------------------------
-
-
-@dataclass
-class PreprocessSummary:
-    """What `preprocess_files` did: images written, failures with reasons, duplicate inputs."""
-
-    out_dir: Path
-    total: int
-    written: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    duplicates: list[str] = field(default_factory=list)
-    #: `(path, note)` for photographs written despite a problem (corrupt JPEG data).
-    notes: list[tuple[str, str]] = field(default_factory=list)
-    size: int = 0
-    enhance: str = ""
-
-    def __str__(self) -> str:
-        lines = [
-            f"preprocessed {self.written} of {self.total} images into {self.out_dir} "
-            f"({self.size} px, {self.enhance}); circles in fov.csv"
-        ]
-        if self.duplicates:
-            shown = ", ".join(self.duplicates[:5])
-            lines.append(f"{len(self.duplicates)} duplicate input path(s) processed once: {shown}")
-        if self.notes:
-            lines.append(f"{len(self.notes)} written with a warning:")
-            lines += [f"  {path}: {note}" for path, note in self.notes[:10]]
-            if len(self.notes) > 10:
-                lines.append(f"  ... and {len(self.notes) - 10} more")
-        if self.failed:
-            lines.append(f"{len(self.failed)} failed (all listed in failed.csv):")
-            lines += [f"  {path}: {reason}" for path, reason in self.failed[:10]]
-            if len(self.failed) > 10:
-                lines.append(f"  ... and {len(self.failed) - 10} more")
-        return "\n".join(lines)
-
-
-def output_names(paths: Sequence[Path]) -> list[str]:
-    """PNG file names for `paths`: `<stem>.png`, or `<stem>-2.png`, `<stem>-3.png`, ... for later
-    inputs whose stem is already taken (compared case-insensitively, for case-insensitive file
-    systems). Names depend only on the input order, never on which images fail."""
-    used: set[str] = set()
-    names: list[str] = []
-    for p in paths:
-        stem = Path(p).stem or "image"
-        candidate, k = stem, 1
-        while candidate.casefold() in used:
-            k += 1
-            candidate = f"{stem}-{k}"
-        used.add(candidate.casefold())
-        names.append(f"{candidate}.png")
-    return names
-
-
-def preprocess_files(
-    paths: Iterable[Path | str], out_dir: Path | str, cfg: PreprocessConfig
-) -> PreprocessSummary:
-    """Preprocess photographs to `OUT/<stem>.png` (see `output_names` for equal stems).
-
-    Also writes `OUT/fov.csv` (`path,cx,cy,radius,output,radius_y,method`: the field of view in
-    source pixels, the PNG written, the vertical semi-axis and how it was found) and
-    `OUT/failed.csv` (`path,reason`; header only when nothing failed, so a stale list from an
-    earlier run is never left behind). A path given twice is processed once and reported.
-    """
-    check_config(cfg)
-    out_dir = Path(out_dir)
-    unique: list[Path] = []
-    seen: set[str] = set()
-    duplicates: list[str] = []
-    for p in paths:
-        key = os.path.abspath(p)
-        if key in seen:
-            duplicates.append(str(p))
-            continue
-        seen.add(key)
-        unique.append(Path(p))
-    summary = PreprocessSummary(
-        out_dir=out_dir, total=len(unique), duplicates=duplicates, size=cfg.size, enhance=cfg.enhance
-    )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[tuple[str, ...]] = []
-    for path, out_name in zip(unique, output_names(unique), strict=True):
-        notes: list[str] = []
-        try:
-            img, fov = preprocess_image(path, cfg, notes=notes)
-        except PreprocessError as e:
-            summary.failed.append((str(path), e.reason))
-            continue
-        summary.notes += [(str(path), note) for note in notes]
-        ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-        if not ok:  # pragma: no cover - PNG encoding of a uint8 image does not fail
-            raise RuntimeError(f"could not encode {out_name} as PNG")
-        atomic_write_bytes(out_dir / out_name, buf.tobytes())
-        rows.append(
-            (
-                str(path),
-                f"{fov.cx:.2f}",
-                f"{fov.cy:.2f}",
-                f"{fov.radius:.2f}",
-                out_name,
-                f"{fov.ry:.2f}",
-                fov.method,
-            )
-        )
-        summary.written += 1
-    with atomic_open(out_dir / "fov.csv", "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(FOV_CSV_HEADER)
-        writer.writerows(rows)
-    with atomic_open(out_dir / "failed.csv", "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(FAILED_CSV_HEADER)
-        writer.writerows(summary.failed)
-    return summary
-
-
+# `PreprocessError` (from decode) and `FovCircle` (from fov) are part of this pipeline's interface:
+# what it raises and what it returns, so its many callers import them from here.
 __all__ = [
-    "FOV_MASK_FRACTION",
-    "FOV_METHODS",
-    "MAX_FILE_BYTES",
-    "MAX_PIXELS",
-    "MIN_SIDE",
-    "WORK_SIDE",
+    "ENHANCERS",
     "FovCircle",
     "PreprocessError",
-    "PreprocessSummary",
-    "check_config",
-    "decode_image",
-    "find_fov",
-    "fov_box",
-    "fov_square",
-    "jpeg_reduction",
-    "output_names",
     "preprocess_array",
-    "preprocess_files",
     "preprocess_image",
-    "work_block",
 ]

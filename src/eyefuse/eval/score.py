@@ -66,7 +66,7 @@ class ScoreResult:
         }
 
 
-def normalise_id(value: Any) -> str | None:
+def normalize_id(value: Any) -> str | None:
     """A patient ID as the string of its integer where it is one (`12`, `12.0`, `"012"` -> `"12"`,
     as the official checker's `int()` reads them), else the stripped text; None when empty."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -153,7 +153,7 @@ def read_truth(path: str | os.PathLike[str], label_names: Sequence[str] = ODIR_L
     labels = np.zeros((len(frame), len(label_names)), dtype=np.uint8)
     for i, (raw_id, *cells) in enumerate(frame[["ID", *label_names]].itertuples(index=False, name=None)):
         row = i + 2  # spreadsheet row: the header is row 1
-        pid = normalise_id(raw_id)
+        pid = normalize_id(raw_id)
         if pid is None:
             raise DataError("empty patient ID", file=path, row=row, column="ID")
         if pid in first_row:
@@ -233,7 +233,7 @@ def read_predictions(
                 raise DataError(
                     f"{len(cells)} value(s) where the header has {len(expected)}", file=path, row=row_no
                 )
-            pid = normalise_id(cells[0])
+            pid = normalize_id(cells[0])
             if pid is None:
                 raise DataError("empty patient ID", file=path, row=row_no, column="ID")
             if pid in first_row:
@@ -372,7 +372,7 @@ def write_submission(
         )
     if not np.isfinite(prob).all() or (prob < 0).any() or (prob > 1).any():
         raise DataError("probabilities must be finite and in [0, 1]", file=path)
-    norm = [normalise_id(i) for i in ids]
+    norm = [normalize_id(i) for i in ids]
     if any(i is None for i in norm):
         raise DataError(f"empty patient ID at position {norm.index(None) + 1}", file=path)
     seen: set[str | None] = set()

@@ -9,7 +9,7 @@ official script) carry the fitted thresholds.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,8 +17,8 @@ import numpy as np
 
 from eyefuse.errors import ConfigError
 from eyefuse.eval.checks import check_thresholds, check_truth_prob
+from eyefuse.registry import THRESHOLD_METHOD
 
-THRESHOLD_METHODS = ("f1", "youden", "fixed")
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -67,6 +67,23 @@ def _cut_points(t: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray, n
     return mids, tp[1:], fp[1:]
 
 
+def _f1(tp: np.ndarray, fp: np.ndarray, n_pos: int, n_neg: int) -> np.ndarray:
+    """F1 of the positive class at each cut point."""
+    return 2 * tp / (2 * tp + fp + (n_pos - tp))
+
+
+def _youden(tp: np.ndarray, fp: np.ndarray, n_pos: int, n_neg: int) -> np.ndarray:
+    """Youden's J (sensitivity + specificity - 1) at each cut point."""
+    return tp / n_pos - fp / n_neg
+
+
+#: `eval.threshold_method` -> the criterion maximised over the cut points `(tp, fp, n_pos, n_neg)`;
+#: None: no fitting, every threshold 0.5. Names and descriptions: `eyefuse.registry.THRESHOLD_METHOD`.
+CRITERIA: dict[str, Callable[[np.ndarray, np.ndarray, int, int], np.ndarray] | None] = THRESHOLD_METHOD.bind(
+    {"f1": _f1, "youden": _youden, "fixed": None}
+)
+
+
 def _pick(criterion: np.ndarray, thresholds: np.ndarray) -> int:
     """Index of the best criterion; ties go to the threshold nearest 0.5 (the untuned default)."""
     best = np.nanmax(criterion)
@@ -94,10 +111,7 @@ def fit_thresholds(
     A class without positives or without negatives, or whose scores are all equal, cannot be
     fitted: it gets 0.5 and a line in `warnings`.
     """
-    if method not in THRESHOLD_METHODS:
-        raise ConfigError(
-            f"eval.threshold_method must be one of {', '.join(THRESHOLD_METHODS)}, not {method!r}"
-        )
+    measure = CRITERIA[THRESHOLD_METHOD.check(method)]
     truth, prob = check_truth_prob(truth, prob)
     n_labels = truth.shape[1]
     names = list(label_names) if label_names is not None else [str(j) for j in range(n_labels)]
@@ -105,7 +119,7 @@ def fit_thresholds(
         raise ConfigError(f"{len(names)} label names given for {n_labels} label columns")
     thresholds = np.full(n_labels, DEFAULT_THRESHOLD)
     criterion = np.full(n_labels, np.nan)
-    if method == "fixed":
+    if measure is None:
         return ThresholdFit(thresholds, method, [], criterion)
     notes: list[str] = []
     for j in range(n_labels):
@@ -122,11 +136,7 @@ def fit_thresholds(
         if cand.size == 0 or np.unique(p).size == 1:
             notes.append(f"class {names[j]}: all scores are equal; threshold left at {DEFAULT_THRESHOLD}")
             continue
-        if method == "f1":
-            fn = n_pos - tp
-            crit = 2 * tp / (2 * tp + fp + fn)
-        else:
-            crit = tp / n_pos - fp / n_neg
+        crit = measure(tp, fp, n_pos, n_neg)
         k = _pick(crit, cand)
         thresholds[j] = cand[k]
         criterion[j] = crit[k]

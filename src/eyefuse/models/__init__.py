@@ -6,18 +6,14 @@ behind one builder (`build_model`), after timm's model code.
 
 from __future__ import annotations
 
-from eyefuse.config import RECOMMENDED_BACKBONES, describe_models
 from eyefuse.models.attention import ATTENTION_TYPES, create_attention
-from eyefuse.models.backbone import PLACEMENTS, Backbone, WeightsReport, load_backbone_weights
-from eyefuse.models.binocular import HEADS, BinocularNet, build_model, count_parameters
+from eyefuse.models.backbone import Backbone, WeightsReport, load_backbone_weights
+from eyefuse.models.binocular import BinocularNet, build_model, count_parameters
 from eyefuse.models.fusion import FUSION_TYPES, create_fusion
 
 __all__ = [
     "ATTENTION_TYPES",
     "FUSION_TYPES",
-    "HEADS",
-    "PLACEMENTS",
-    "RECOMMENDED_BACKBONES",
     "Backbone",
     "BinocularNet",
     "WeightsReport",
@@ -25,6 +21,5 @@ __all__ = [
     "count_parameters",
     "create_attention",
     "create_fusion",
-    "describe_models",
     "load_backbone_weights",
 ]

@@ -40,8 +40,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from eyefuse.config import ATTENTION_CHOICES
-from eyefuse.errors import ConfigError
+from eyefuse.registry import ATTENTION
 
 #: Initial logit of every sigmoid gate of the multiplicative modules: sigmoid(3) = 0.95.
 GATE_INIT_BIAS = 3.0
@@ -213,17 +212,19 @@ class ResidualAttention(nn.Module):
         return x + self.gamma.to(x.dtype) * refined
 
 
-_ATTENTION_CTORS: dict[str, Callable[..., nn.Module] | None] = {
-    "none": None,
-    "se": SqueezeExcite,
-    "eca": EfficientChannelAttention,
-    "cbam": CBAM,
-    "residual_attention": ResidualAttention,
-}
+_ATTENTION_CTORS: dict[str, Callable[..., nn.Module] | None] = ATTENTION.bind(
+    {
+        "none": None,
+        "se": SqueezeExcite,
+        "eca": EfficientChannelAttention,
+        "cbam": CBAM,
+        "residual_attention": ResidualAttention,
+    }
+)
 #: name -> (constructor taking channels and keyword options, one-line description); the names and
-#: descriptions are `eyefuse.config.ATTENTION_CHOICES` (light, for `eyefuse models`).
+#: descriptions are `eyefuse.registry.ATTENTION` (light, for `eyefuse models` and config checks).
 ATTENTION_TYPES: dict[str, tuple[Callable[..., nn.Module] | None, str]] = {
-    name: (_ATTENTION_CTORS[name], text) for name, text in ATTENTION_CHOICES.items()
+    name: (ctor, ATTENTION.entries[name]) for name, ctor in _ATTENTION_CTORS.items()
 }
 
 
@@ -233,9 +234,7 @@ def create_attention(kind: str, channels: int, **kwargs: object) -> nn.Module:
     Raises:
         ConfigError: ``kind`` is not one of ``ATTENTION_TYPES``.
     """
-    if kind not in ATTENTION_TYPES:
-        raise ConfigError(f"model.attention must be one of {', '.join(ATTENTION_TYPES)}, not {kind!r}")
-    ctor = ATTENTION_TYPES[kind][0]
+    ctor = _ATTENTION_CTORS[ATTENTION.check(kind)]
     if ctor is None:
         return nn.Identity()
     return ctor(channels, **kwargs)

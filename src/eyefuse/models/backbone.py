@@ -28,11 +28,9 @@ import torch
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
-from eyefuse.config import PLACEMENT_CHOICES
 from eyefuse.errors import CheckpointError, ConfigError
 from eyefuse.models.attention import create_attention
-
-PLACEMENTS: dict[str, str] = PLACEMENT_CHOICES
+from eyefuse.registry import PLACEMENT
 
 #: Prefixes stripped from weight-file keys: DataParallel/DDP, Lightning-style and wrapper modules.
 STRIP_PREFIXES = ("module.", "backbone.", "body.", "model.", "_orig_mod.")
@@ -81,10 +79,7 @@ class Backbone(nn.Module):
 
     def __init__(self, name: str, attention: str = "none", placement: str = "last", pretrained: bool = False):
         super().__init__()
-        if placement not in PLACEMENTS:
-            raise ConfigError(
-                f"model.attention_placement must be one of {', '.join(PLACEMENTS)}, not {placement!r}"
-            )
+        PLACEMENT.check(placement)
         self.name = name
         self.body = _create_timm(name, pretrained)
         self.removed_prefixes = _remove_unused_modules(self.body, name)
@@ -326,7 +321,6 @@ def load_backbone_weights(
 
 
 __all__ = [
-    "PLACEMENTS",
     "Backbone",
     "WeightsReport",
     "load_backbone_weights",

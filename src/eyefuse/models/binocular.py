@@ -8,26 +8,17 @@ normalised with ``model.mean``/``model.std`` (``model.normalize`` does it from 0
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from eyefuse import ODIR_LABELS
-from eyefuse.config import HEAD_CHOICES, ModelConfig
+from eyefuse import ODIR_LABELS, registry
+from eyefuse.config import ModelConfig
 from eyefuse.errors import ConfigError
-from eyefuse.models.attention import ATTENTION_TYPES, recording_allowed, spatial_gates
-from eyefuse.models.backbone import (
-    PLACEMENTS,
-    Backbone,
-    WeightsReport,
-    load_backbone_weights,
-    read_state_dict,
-)
-from eyefuse.models.fusion import FUSION_TYPES, create_fusion, global_pool
-
-HEADS: dict[str, str] = HEAD_CHOICES
+from eyefuse.models.attention import recording_allowed, spatial_gates
+from eyefuse.models.backbone import Backbone, WeightsReport, load_backbone_weights, read_state_dict
+from eyefuse.models.fusion import create_fusion, global_pool
 
 #: The label that means "nothing found": under the ODIR rule a patient has it only when both eyes do.
 NORMAL_LABEL = "N"
@@ -45,8 +36,8 @@ class BinocularNet(nn.Module):
     ``single`` fusion and the sigmoid head the head's own per-eye logits serve instead).
 
     Attributes:
-        cfg: the `ModelConfig` it was built from (``num_classes`` = ``len(label_names)``).
-        label_names: the output labels, in logit order.
+        cfg: the `ModelConfig` it was built from.
+        label_names: the output labels, in logit order (their number is the number of outputs).
         mean, std: per-channel input normalisation (RGB, 0-1 scale) of the backbone's pretraining,
             ImageNet's for the ResNets.
         num_features: channels C of each eye's feature map.
@@ -355,42 +346,27 @@ def build_model(
     """Validate ``cfg``, build a `BinocularNet` and load its backbone weights.
 
     Args:
-        cfg: the model settings; ``num_classes`` is replaced by ``len(label_names)`` when names are given
-            (a dataset carries its own labels; ``model.cfg`` records the number actually built).
-        label_names: output labels; default the ODIR labels when ``cfg.num_classes`` is 8, else
-            ``class_0 ...``.
+        cfg: the model settings.
+        label_names: output labels, one output each (a dataset carries its own labels); default the
+            8 ODIR labels.
         load_weights: False skips both the hub download and ``cfg.weights`` (restoring a checkpoint,
             which provides every weight itself).
 
     Weights: ``cfg.weights`` -> `load_backbone_weights` (into both backbones when not shared);
     otherwise ``cfg.pretrained`` -> timm's hub download (a `CheckpointError` with a hint when offline).
     """
-    if label_names is None:
-        if cfg.num_classes < 1:
-            raise ConfigError(f"model.num_classes must be at least 1, not {cfg.num_classes}")
-        names: tuple[str, ...] = (
-            ODIR_LABELS
-            if cfg.num_classes == len(ODIR_LABELS)
-            else tuple(f"class_{i}" for i in range(cfg.num_classes))
-        )
-    else:
-        names = tuple(str(n) for n in label_names)
-        if not names:
-            raise ConfigError("the model needs at least one label name")
-        if len(set(names)) != len(names):
-            raise ConfigError(f"duplicate label names: {', '.join(names)}")
+    names = ODIR_LABELS if label_names is None else tuple(str(n) for n in label_names)
+    if not names:
+        raise ConfigError("the model needs at least one label name")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"duplicate label names: {', '.join(names)}")
     # Every choice is checked before anything is built or downloaded.
-    for key, value, allowed in (
-        ("attention", cfg.attention, ATTENTION_TYPES),
-        ("attention_placement", cfg.attention_placement, PLACEMENTS),
-        ("fusion", cfg.fusion, FUSION_TYPES),
-        ("head", cfg.head, HEADS),
-    ):
-        if value not in allowed:
-            raise ConfigError(f"model.{key} must be one of {', '.join(allowed)}, not {value!r}")
+    registry.ATTENTION.check(cfg.attention)
+    registry.PLACEMENT.check(cfg.attention_placement)
+    registry.FUSION.check(cfg.fusion)
+    registry.HEAD.check(cfg.head)
     if not 0.0 <= cfg.drop_rate < 1.0:
         raise ConfigError(f"model.drop_rate must be in [0, 1), not {cfg.drop_rate}")
-    cfg = dataclasses.replace(cfg, num_classes=len(names))
     use_file = load_weights and bool(cfg.weights)
     model = BinocularNet(cfg, names, pretrained=load_weights and cfg.pretrained and not cfg.weights)
     if use_file:
@@ -402,7 +378,6 @@ def build_model(
 
 
 __all__ = [
-    "HEADS",
     "NORMAL_LABEL",
     "BinocularNet",
     "build_model",

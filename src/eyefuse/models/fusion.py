@@ -17,9 +17,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from eyefuse.config import FUSION_CHOICES
-from eyefuse.errors import ConfigError
 from eyefuse.models.attention import float32_gate
+from eyefuse.registry import FUSION
 
 
 def global_pool(x: torch.Tensor) -> torch.Tensor:
@@ -134,19 +133,21 @@ class SingleEye(nn.Module):
         return torch.stack([global_pool(feat_left), global_pool(feat_right)], dim=0)
 
 
-_FUSION_CTORS: dict[str, Callable[..., nn.Module]] = {
-    "concat": lambda c, **kw: PooledFusion("concat", c, **kw),
-    "sum": lambda c, **kw: PooledFusion("sum", c, **kw),
-    "max": lambda c, **kw: PooledFusion("max", c, **kw),
-    "mul": lambda c, **kw: PooledFusion("mul", c, **kw),
-    "ffm": FeatureMapFusion,
-    "cross_attention": CrossAttentionFusion,
-    "single": SingleEye,
-}
+_FUSION_CTORS: dict[str, Callable[..., nn.Module]] = FUSION.bind(
+    {
+        "concat": lambda c, **kw: PooledFusion("concat", c, **kw),
+        "sum": lambda c, **kw: PooledFusion("sum", c, **kw),
+        "max": lambda c, **kw: PooledFusion("max", c, **kw),
+        "mul": lambda c, **kw: PooledFusion("mul", c, **kw),
+        "ffm": FeatureMapFusion,
+        "cross_attention": CrossAttentionFusion,
+        "single": SingleEye,
+    }
+)
 #: name -> (constructor taking channels and keyword options, one-line description); the names and
-#: descriptions are `eyefuse.config.FUSION_CHOICES` (light, for `eyefuse models`).
+#: descriptions are `eyefuse.registry.FUSION` (light, for `eyefuse models` and config checks).
 FUSION_TYPES: dict[str, tuple[Callable[..., nn.Module], str]] = {
-    name: (_FUSION_CTORS[name], text) for name, text in FUSION_CHOICES.items()
+    name: (ctor, FUSION.entries[name]) for name, ctor in _FUSION_CTORS.items()
 }
 
 
@@ -156,9 +157,7 @@ def create_fusion(kind: str, channels: int, **kwargs: object) -> nn.Module:
     Raises:
         ConfigError: ``kind`` is not one of ``FUSION_TYPES``.
     """
-    if kind not in FUSION_TYPES:
-        raise ConfigError(f"model.fusion must be one of {', '.join(FUSION_TYPES)}, not {kind!r}")
-    return FUSION_TYPES[kind][0](channels, **kwargs)
+    return _FUSION_CTORS[FUSION.check(kind)](channels, **kwargs)
 
 
 __all__ = [

@@ -1,5 +1,10 @@
 """The web service (`eyefuse serve`): prediction and Grad-CAM for uploaded photograph pairs, with a page.
 
+Over 500 lines on purpose: this is the one FastAPI application, and a reader follows a request
+through it in one file (host check, security headers, endpoints, the model slots, the error
+handlers). Parsing the multipart uploads is `eyefuse.serve.multipart`; predicting is
+`eyefuse.serve.predict`.
+
 Endpoints (every error is JSON ``{"error": message}``, also for 404, 405 and validation errors):
 
 - ``GET /``: a small page (``static/``, no external resources) to pick two photographs and see the
@@ -17,7 +22,7 @@ Decisions where the task left room:
 - Status codes for uploads (the content is judged by its bytes; file name and content type are
   ignored): 413 for a body over ``max_upload_mb`` (declared by Content-Length, or counted while it
   is read, so an unbounded chunked body is cut off early) and for an image over the decompression
-  bomb limit (`eyefuse.data.preprocess.MAX_PIXELS`, by header, before decoding); 415 for bytes that
+  bomb limit (`eyefuse.data.decode.MAX_PIXELS`, by header, before decoding); 415 for bytes that
   are not a complete image (not an image, truncated or corrupt, unsupported pixel format) and for a
   body that is not ``multipart/form-data``; 422 for a request that is well-formed but unusable: no
   photograph at all, an empty file, an image too small or without a field of view, an unknown or
@@ -56,7 +61,6 @@ import threading
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -70,20 +74,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from eyefuse import ODIR_LABEL_NAMES, ODIR_LABELS, __version__
 from eyefuse.errors import ConfigError, EyefuseError
+from eyefuse.serve.multipart import MIB, RequestError, Upload, form_schema, read_multipart, shown_name
 from eyefuse.serve.predict import SIDES, Predictor, PreparedPair, pair_id_from_files
 
 logger = logging.getLogger("eyefuse.serve")
 
 STATIC_DIR = Path(__file__).with_name("static")
-MIB = 1 << 20
 #: Seconds a request waits for a free model slot before it is answered 503.
 QUEUE_TIMEOUT_S = 60.0
-#: Largest text form field (``id``, ``labels``), in bytes.
-MAX_TEXT_FIELD = 1024
-#: Most parts a multipart body may hold (left, right, id, labels, with room for mistakes to be named).
-MAX_PARTS = 8
-#: File names are echoed in error messages; longer ones are shortened.
-_NAME_SHOWN = 80
 
 #: PreprocessError reasons (by their start) -> HTTP status; anything else is 422.
 REASON_STATUS: tuple[tuple[str, int], ...] = (
@@ -100,168 +98,13 @@ _CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-_FORM_FIELDS: dict[str, dict[str, str]] = {
-    "left": {"type": "string", "format": "binary", "description": "left eye photograph"},
-    "right": {"type": "string", "format": "binary", "description": "right eye photograph"},
-    "id": {"type": "string", "description": "patient ID (default: from {ID}_left/right file names)"},
-    "labels": {"type": "string", "description": "labels to explain, e.g. D,G (default: those predicted)"},
-}
-
-
-def _form_schema(*fields: str) -> dict[str, Any]:
-    """OpenAPI `requestBody` for a multipart form (the endpoints parse the body themselves)."""
-    properties = {name: _FORM_FIELDS[name] for name in fields}
-    form = {"schema": {"type": "object", "properties": properties}}
-    return {"requestBody": {"required": True, "content": {"multipart/form-data": form}}}
-
 
 T = TypeVar("T")
-
-
-class RequestError(EyefuseError):
-    """A request the service cannot serve: answered with `status` and ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.headers = dict(headers or {})
 
 
 def status_for_reason(reason: str) -> int:
     """The HTTP status for a `PreprocessError` reason (see `REASON_STATUS`)."""
     return next((status for start, status in REASON_STATUS if reason.startswith(start)), 422)
-
-
-# --- multipart reading, in memory and bounded ----------------------------------------------------
-
-
-@dataclass
-class Upload:
-    """One part of a multipart body: the form field, the client's file name (None for a text
-    field; used in messages and for the patient ID only, never as a path) and the bytes."""
-
-    field: str
-    filename: str | None
-    data: bytearray = field(default_factory=bytearray)
-
-
-def _shown(name: str) -> str:
-    return name if len(name) <= _NAME_SHOWN else name[: _NAME_SHOWN - 3] + "..."
-
-
-class _PartCollector:
-    """python-multipart callbacks that gather the parts in memory and refuse unexpected ones."""
-
-    def __init__(self, allowed: Sequence[str]) -> None:
-        self.allowed = tuple(allowed)
-        self.parts: dict[str, Upload] = {}
-        self._headers: dict[bytes, bytes] = {}
-        self._name = b""
-        self._value = b""
-        self._current: Upload | None = None
-        self._count = 0
-
-    def on_part_begin(self) -> None:
-        self._headers = {}
-        self._current = None
-        self._count += 1
-        if self._count > MAX_PARTS:
-            raise RequestError(
-                422, f"too many form fields (more than {MAX_PARTS}); expected {self._expected()}"
-            )
-
-    def on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self._name += data[start:end]
-
-    def on_header_value(self, data: bytes, start: int, end: int) -> None:
-        self._value += data[start:end]
-
-    def on_header_end(self) -> None:
-        self._headers[self._name.strip().lower()] = self._value.strip()
-        self._name, self._value = b"", b""
-
-    def on_headers_finished(self) -> None:
-        from python_multipart.multipart import parse_options_header
-
-        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
-        if b"name" not in options:
-            raise RequestError(400, "malformed multipart body: a part has no Content-Disposition name")
-        name = options[b"name"].decode("utf-8", "replace")
-        if name not in self.allowed:
-            raise RequestError(422, f"unknown form field {_shown(name)!r}; expected {self._expected()}")
-        if name in self.parts:
-            raise RequestError(422, f"form field {name!r} is given twice; send each field once")
-        filename = options.get(b"filename")
-        self._current = Upload(name, None if filename is None else filename.decode("utf-8", "replace"))
-        self.parts[name] = self._current
-
-    def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        assert self._current is not None
-        part = self._current
-        part.data += data[start:end]
-        if part.field not in SIDES and len(part.data) > MAX_TEXT_FIELD:
-            raise RequestError(422, f"form field {part.field!r} is longer than {MAX_TEXT_FIELD} bytes")
-
-    def on_part_end(self) -> None:
-        self._current = None
-
-    def _expected(self) -> str:
-        return ", ".join(repr(a) for a in self.allowed)
-
-    def callbacks(self) -> dict[str, Callable[..., None]]:
-        return {
-            name: getattr(self, name)
-            for name in (
-                "on_part_begin",
-                "on_part_data",
-                "on_part_end",
-                "on_header_field",
-                "on_header_value",
-                "on_header_end",
-                "on_headers_finished",
-            )
-        }
-
-
-async def read_multipart(request: Request, limit: int, allowed: Sequence[str]) -> dict[str, Upload]:
-    """Parse a ``multipart/form-data`` body in memory, refusing it (413) as soon as it exceeds
-    `limit` bytes: by its Content-Length before reading, and by counting while reading."""
-    from python_multipart.exceptions import FormParserError
-    from python_multipart.multipart import MultipartParser, parse_options_header
-
-    media, params = parse_options_header(request.headers.get("content-type", ""))
-    if media != b"multipart/form-data":
-        shown = media.decode("latin-1") or "none"
-        raise RequestError(
-            415,
-            "expected a multipart/form-data body with the files 'left' and/or 'right' "
-            f"(content type: {shown})",
-        )
-    boundary = params.get(b"boundary")
-    if not boundary:
-        raise RequestError(400, "malformed multipart body: the Content-Type header has no boundary")
-    too_large = f"request body larger than the limit of {limit / MIB:g} MB"
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise RequestError(400, f"invalid Content-Length header {_shown(declared)!r}") from None
-        if size > limit:
-            raise RequestError(413, f"{too_large} ({size / MIB:.1f} MB declared)")
-    collector = _PartCollector(allowed)
-    parser = MultipartParser(boundary, collector.callbacks())
-    received = 0
-    try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                raise RequestError(413, too_large)
-            parser.write(chunk)
-        parser.finalize()
-    except FormParserError as e:
-        raise RequestError(400, f"malformed multipart body ({e})") from None
-    return collector.parts
 
 
 # --- the service --------------------------------------------------------------------------------
@@ -415,7 +258,7 @@ class Service:
             images[side], fovs[side] = None, None
             if upload is None:
                 continue
-            named = f" ({_shown(upload.filename)!r})" if upload.filename else ""
+            named = f" ({shown_name(upload.filename)!r})" if upload.filename else ""
             where = f"form field {side!r}{named}"
             try:
                 images[side], fovs[side] = preprocess_image(
@@ -537,7 +380,7 @@ class Service:
         self, request: Request, extra_fields: Sequence[str] = ()
     ) -> tuple[str, dict[str, Upload | None], dict[str, str]]:
         """The patient ID, the uploaded eyes (None where not sent) and the text fields of a request."""
-        parts = await read_multipart(request, self.limit, (*SIDES, "id", *extra_fields))
+        parts = await read_multipart(request, self.limit, (*SIDES, "id", *extra_fields), files=SIDES)
         uploads: dict[str, Upload | None] = {}
         for side in SIDES:
             part = parts.get(side)
@@ -578,7 +421,7 @@ class Service:
         if unknown:
             raise RequestError(
                 422,
-                f"form field 'labels': unknown label(s) {', '.join(_shown(s) for s in unknown)}; "
+                f"form field 'labels': unknown label(s) {', '.join(shown_name(s) for s in unknown)}; "
                 f"the model's labels are {', '.join(self.predictor.label_names)}",
             )
         return items
@@ -630,7 +473,7 @@ def _install_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = str(exc.detail)
         if exc.status_code == 404:
-            message = f"no such endpoint: {request.method} {_shown(request.url.path)}"
+            message = f"no such endpoint: {request.method} {shown_name(request.url.path)}"
         elif exc.status_code == 405:
             message = f"method {request.method} not allowed for {request.url.path}"
         return _error(exc.status_code, message, exc.headers)
@@ -721,13 +564,13 @@ def create_app(
         """The model's labels, thresholds, input size, preprocessing and kind."""
         return service.model_info()
 
-    @app.post("/v1/predict", openapi_extra=_form_schema("left", "right", "id"))
+    @app.post("/v1/predict", openapi_extra=form_schema("left", "right", "id"))
     async def predict(request: Request) -> dict[str, Any]:
         """Probabilities and decided labels for one patient's photographs (one eye may be missing)."""
         patient_id, uploads, _ = await service.read_patient(request)
         return await service.run(service.predict, patient_id, uploads)
 
-    @app.post("/v1/explain", openapi_extra=_form_schema("left", "right", "id", "labels"))
+    @app.post("/v1/explain", openapi_extra=form_schema("left", "right", "id", "labels"))
     async def explain(request: Request) -> dict[str, Any]:
         """Grad-CAM overlays (left and right side by side, base64 PNG) for the chosen labels."""
         if predictor.backend != "torch":
@@ -785,12 +628,10 @@ def serve(
 __all__ = [
     "REASON_STATUS",
     "HostCheck",
-    "RequestError",
     "Service",
     "allowed_hosts_for",
     "checkpoint_name",
     "create_app",
-    "read_multipart",
     "serve",
     "status_for_reason",
 ]

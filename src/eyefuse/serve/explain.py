@@ -43,7 +43,7 @@ from torch import nn
 
 from eyefuse import ODIR_LABEL_NAMES, ODIR_LABELS
 from eyefuse.config import PreprocessConfig
-from eyefuse.data.preprocess import fov_square
+from eyefuse.data.fov import fov_square
 from eyefuse.errors import CheckpointError, ConfigError, DataError
 from eyefuse.serve.predict import (
     SIDES,
@@ -167,7 +167,7 @@ def previous_stage_maps(
     return {k: (m[0], m[1]) for k, m in maps.items()}
 
 
-def normalise_jointly(maps: Sequence[np.ndarray | None]) -> list[np.ndarray | None]:
+def normalize_jointly(maps: Sequence[np.ndarray | None]) -> list[np.ndarray | None]:
     """Scale maps together so that the largest value over all of them is 1 (zeros stay zeros)."""
     peak = max((float(m.max()) for m in maps if m is not None), default=0.0)
     return [None if m is None else (m / peak if peak > 0 else np.zeros_like(m)) for m in maps]
@@ -352,7 +352,7 @@ def explain_pair(
             for i, side in enumerate(SIDES)
         ]
         # Normalised after upsampling: bilinear interpolation keeps values within the coarse range.
-        cams[k] = dict(zip(SIDES, normalise_jointly(per_side), strict=True))
+        cams[k] = dict(zip(SIDES, normalize_jointly(per_side), strict=True))
     return Explanation(
         patient_id=patient_id,
         label_names=label_names,
@@ -474,7 +474,7 @@ def save_explanation(expl: Explanation, out_dir: str | Path) -> dict[str, Path]:
             attention_range = [float(min(m.min() for m in present)), float(max(m.max() for m in present))]
         lo = attention_range[0] if attention_range else 0.0
         shifted = {s: None if m is None else m - lo for s, m in expl.attention.items()}
-        scaled = dict(zip(SIDES, normalise_jointly([shifted.get(s) for s in SIDES]), strict=True))
+        scaled = dict(zip(SIDES, normalize_jointly([shifted.get(s) for s in SIDES]), strict=True))
         path = out_dir / "attention.png"
         _write_png(path, render_pair(expl.images, scaled, f"spatial attention ({expl.attention_module})"))
         files["attention"] = path
@@ -489,7 +489,7 @@ def save_explanation(expl: Explanation, out_dir: str | Path) -> dict[str, Path]:
         + ("last feature map" if expl.layer == "last" else "feature stage before the last")
         + "; target = the label's logit; one backward pass per label gives both eyes",
         "layer": expl.layer,
-        "normalisation": "joint: both eyes of a label divided by the larger maximum, so the colours "
+        "normalization": "joint: both eyes of a label divided by the larger maximum, so the colours "
         "compare the eyes",
         "attention": None
         if not expl.attention
@@ -630,7 +630,7 @@ __all__ = [
     "grad_cam",
     "lesion_mask",
     "mask_to_preprocessed",
-    "normalise_jointly",
+    "normalize_jointly",
     "overlay",
     "pointing_game",
     "previous_stage_maps",

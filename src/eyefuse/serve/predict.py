@@ -47,7 +47,7 @@ PatientInput = tuple[str, EyeSource, EyeSource]
 
 SIDES = ("left", "right")
 #: File extensions `--dir` takes: every format Pillow opens, which is what `--left`/`--right` accept
-#: (a photograph is decoded by its content, `eyefuse.data.preprocess.decode_image`).
+#: (a photograph is decoded by its content, `eyefuse.data.decode.decode_image`).
 IMAGE_SUFFIXES: tuple[str, ...] = tuple(
     sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
 )

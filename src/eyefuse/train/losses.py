@@ -29,6 +29,7 @@ from torch import nn
 
 from eyefuse.config import LossConfig
 from eyefuse.errors import ConfigError, DataError
+from eyefuse.registry import HEAD, LOSS
 
 log = logging.getLogger(__name__)
 
@@ -212,6 +213,27 @@ def masked_bce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) 
     return (per_sample * m).sum() / m.sum().clamp_min(1.0)
 
 
+def _bce(cfg: LossConfig, train_labels: np.ndarray | None, label_names: Sequence[str] | None) -> nn.Module:
+    if not cfg.pos_weight:
+        return BCEWithLogits()
+    if train_labels is None:
+        raise ConfigError("loss.pos_weight needs the training labels to count class frequencies")
+    return BCEWithLogits(pos_weight_from_labels(train_labels, label_names))
+
+
+#: `loss.name` -> builder `(cfg, train_labels, label_names) -> loss` of the sigmoid head's loss; the
+#: names and their descriptions are `eyefuse.registry.LOSS`.
+LOSSES: dict[str, Callable[[LossConfig, np.ndarray | None, Sequence[str] | None], nn.Module]] = LOSS.bind(
+    {
+        "bce": _bce,
+        "focal": lambda cfg, _labels, _names: FocalLoss(cfg.focal_gamma),
+        "asl": lambda cfg, _labels, _names: AsymmetricLoss(
+            cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip
+        ),
+    }
+)
+
+
 def create_loss(
     cfg: LossConfig,
     head: str,
@@ -224,28 +246,18 @@ def create_loss(
     only). `train_labels` (`N x L`) is needed for `loss.pos_weight`; `label_names` only names classes
     in messages.
     """
-    if head == "softmax":
+    if HEAD.check(head) == "softmax":
         if cfg.pos_weight:
             log.warning("loss.pos_weight is ignored by the softmax head (soft-target cross-entropy)")
         return SoftTargetCrossEntropy()
-    if head != "sigmoid":
-        raise ConfigError(f"model.head must be one of sigmoid, softmax, not {head!r}")
-    if cfg.pos_weight and cfg.name != "bce":
-        raise ConfigError(f"loss.pos_weight applies to loss.name=bce only, not {cfg.name!r}")
-    if cfg.name == "bce":
-        if not cfg.pos_weight:
-            return BCEWithLogits()
-        if train_labels is None:
-            raise ConfigError("loss.pos_weight needs the training labels to count class frequencies")
-        return BCEWithLogits(pos_weight_from_labels(train_labels, label_names))
-    if cfg.name == "focal":
-        return FocalLoss(cfg.focal_gamma)
-    if cfg.name == "asl":
-        return AsymmetricLoss(cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip)
-    raise ConfigError(f"loss.name must be one of bce, focal, asl, not {cfg.name!r}")
+    name = LOSS.check(cfg.name)
+    if cfg.pos_weight and name != "bce":
+        raise ConfigError(f"loss.pos_weight applies to loss.name=bce only, not {name!r}")
+    return LOSSES[name](cfg, train_labels, label_names)
 
 
 __all__ = [
+    "LOSSES",
     "AsymmetricLoss",
     "BCEWithLogits",
     "FocalLoss",
