@@ -39,14 +39,17 @@ quality 85-95, a few degrees of rotation, FOV scale and offset, lens dust.
 
 No global trait gives a label away (`benchmarks/bench_shortcuts.py` measures it): the continuous
 parameters that differ between healthy and diseased eyes overlap as in real eyes (`EyeParameters`:
-cup-to-disc ratio, artery-to-vein ratio, tortuosity, tessellation, media haze), and the confounders
-of real photographs are drawn in eyes without the disease: haze and blur in most eyes (age, small
-pupil, defocus; strong in "low image quality" photographs, which may also show a small pupil's dark
-crescent), mild tessellation, nerve-fibre sheen. What decides a label is a local sign: lens spokes
-for C, rim and disc haemorrhages besides the cup for G, nicking and haemorrhages for H, pigment
-clumps, atrophy or a membrane with the drusen for A (isolated drusen are O, as in ODIR), atrophy and
-a tilted disc for M. O has eight conditions. The pictures show the machinery works; they are not a
-model of real photographs, and figures on them say nothing about accuracy on real ones.
+cup-to-disc ratio, artery-to-vein ratio, tortuosity), and the confounders of real photographs are
+drawn in eyes without the disease: haze and blur in most eyes, with the same distribution in
+cataract eyes as in others (age, small pupil, defocus; strong in "low image quality" photographs,
+which may also show a small pupil's dark crescent), tessellation as common and as strong in healthy
+eyes as in pathological myopia, peripapillary atrophy, nerve-fibre sheen, disc sizes that vary. What
+decides a label is a local sign: narrow dark lens spokes and vacuoles for C, a vertically oval cup
+and disc haemorrhages for G, nicking, flame haemorrhages and cotton-wool spots near the disc for H,
+pigment clumps, atrophy or a membrane with the drusen for A (isolated drusen, as many, are O, as in
+ODIR), atrophy patches and a tilted disc for M. O has eight conditions. The pictures show the
+machinery works; they are not a model of real photographs, and figures on them say nothing about
+accuracy on real ones.
 
 Determinism: every patient is drawn from its own numpy Generator seeded with (seed, patient ID), so
 patients are independent, can be drawn by any number of worker processes, and the same seed gives

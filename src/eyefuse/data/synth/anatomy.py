@@ -248,7 +248,11 @@ def _ellipse_alpha(
 def _optic_disc(
     c: _Canvas, rng: np.random.Generator, geom: _Geometry, cdr: float, tilt: float, mark_cup: bool
 ) -> None:
-    """Bright yellowish-pink disc with a paler cup (cup-to-disc ratio `cdr`) and a faint halo."""
+    """Bright yellowish-pink disc with a paler cup (cup-to-disc ratio `cdr`) and a faint halo.
+
+    A glaucomatous cup (`mark_cup`) is vertically oval (the rim thins at the poles first) with the
+    area a round cup of the same ratio would have, so the cup's shape, not its brightness summed over
+    the photograph, tells it from a large physiological cup."""
     x, y = c.px(geom.disc[0], geom.disc[1])
     x, y = float(x), float(y)
     rx, ry = geom.rd * c.r * tilt, geom.rd * c.r * rng.uniform(1.03, 1.12)
@@ -264,7 +268,8 @@ def _optic_disc(
     shift = (1.0 - cdr) * 0.35 * rx
     tx = -c.nasal * shift * c.cos
     ty = -c.nasal * shift * c.sin
-    cup = _ellipse_alpha(dx - tx, dy - ty, cdr * rx, cdr * ry * rng.uniform(1.0, 1.08), ang, 0.1)
+    oval = rng.uniform(1.25, 1.5) if mark_cup else rng.uniform(0.95, 1.08)
+    cup = _ellipse_alpha(dx - tx, dy - ty, cdr * rx / math.sqrt(oval), cdr * ry * math.sqrt(oval), ang, 0.1)
     cup_col = np.array([255, rng.uniform(225, 245), rng.uniform(170, 205)], np.float32)
     region += (0.9 * cup)[..., None] * (cup_col - region)
     if mark_cup:
@@ -272,7 +277,8 @@ def _optic_disc(
 
 
 def _peripapillary_atrophy(c: _Canvas, rng: np.random.Generator, geom: _Geometry, label: str | None) -> None:
-    """Pale crescent on the temporal side of the disc (myopia)."""
+    """Pale crescent on the temporal side of the disc (myopia; older and glaucomatous eyes too). It is
+    drawn alike whatever the label, so its size says nothing about M."""
     layer = c.layer()
     grow = rng.uniform(1.2, 1.6)
     shift = geom.rd * (grow - 1.0 + rng.uniform(0.05, 0.2))  # nasal edge stays under the disc

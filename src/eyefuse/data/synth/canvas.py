@@ -319,7 +319,7 @@ def _illuminate(c: _Canvas, rng: np.random.Generator) -> tuple[np.ndarray, float
         return falloff * (1.0 + 0.05 * uneven)
 
     illum = c.smooth_field(illumination)
-    gain = rng.uniform(0.8, 1.2) * np.array(
+    gain = rng.uniform(0.75, 1.25) * np.array(
         [rng.uniform(0.95, 1.05), rng.uniform(0.93, 1.07), rng.uniform(0.9, 1.1)], np.float32
     )
     img = c.albedo

@@ -99,8 +99,8 @@ def _diabetic(c: _Canvas, rng: np.random.Generator, geom: _Geometry, keyword: st
         "severe nonproliferative retinopathy": 2,
         "proliferative diabetic retinopathy": 3,
     }[keyword]
-    ma = int(rng.integers(*((3, 11), (8, 26), (15, 41), (10, 31))[grade]))
-    hem = int(rng.integers(*((0, 3), (3, 11), (12, 31), (6, 21))[grade]))
+    ma = int(rng.integers(*((6, 16), (8, 26), (15, 41), (10, 31))[grade]))
+    hem = int(rng.integers(*((1, 5), (3, 11), (12, 31), (6, 21))[grade]))
     exu = int(rng.integers(*((0, 1), (0, 31), (10, 51), (5, 41))[grade]))
     cws = int(rng.integers(*((0, 1), (0, 3), (2, 6), (1, 5))[grade]))
     spread = (0.28, 0.33, 0.45, 0.4)[grade]
@@ -136,14 +136,16 @@ def _amd(c: _Canvas, rng: np.random.Generator, geom: _Geometry, keyword: str) ->
     """Drusen clustered at the macula, pigment clumps, geographic atrophy (dry) or a macular
     haemorrhage with a grey-green membrane (wet)."""
     wet = keyword.startswith("wet")
-    n = int(rng.integers(5, 25)) if wet else int(rng.integers(10, 46))
+    # drusen as many and as large as under O (isolated drusen): a drusen field's area and brightness
+    # do not tell A from O or from a bright normal macula; the pigment clumps, atrophy and membrane do
+    n = int(rng.integers(4, 17)) if wet else int(rng.integers(8, 31))
     sig = geom.dd * rng.uniform(0.45, 0.9)
-    _drusen(c, rng, geom, n, sig, 0.02, "A")
+    _drusen(c, rng, geom, n, sig, 0.016, "A")
     # pigment clumps at the macula: with the atrophy or the membrane they tell AMD from drusen alone (O)
-    a, b = _scatter(c, rng, int(rng.integers(3, 10)), (geom.fovea[0], geom.fovea[1]), sig * 0.8)
+    a, b = _scatter(c, rng, int(rng.integers(5, 14)), (geom.fovea[0], geom.fovea[1]), sig * 0.8)
     layer = c.layer()
-    _circles(c, layer, a, b, rng.uniform(0.004, 0.009, len(a)))
-    c.paint(layer, (0.6, 0.7, 0.7), mode="darken", strength=0.7, blur=0.5, label="A")
+    _circles(c, layer, a, b, rng.uniform(0.007, 0.013, len(a)))
+    c.paint(layer, (0.5, 0.62, 0.62), mode="darken", strength=0.8, blur=0.5, label="A")
     if wet:
         k = int(rng.integers(3, 8))
         a, b = _scatter(c, rng, k, (geom.fovea[0], geom.fovea[1]), geom.dd * 0.35)
@@ -153,8 +155,8 @@ def _amd(c: _Canvas, rng: np.random.Generator, geom: _Geometry, keyword: str) ->
             layer,
             a,
             b,
-            geom.dd * rng.uniform(0.25, 0.6, k),
             geom.dd * rng.uniform(0.2, 0.45, k),
+            geom.dd * rng.uniform(0.15, 0.35, k),
             rng.uniform(0, np.pi, k),
         )
         c.paint(
@@ -176,15 +178,15 @@ def _amd(c: _Canvas, rng: np.random.Generator, geom: _Geometry, keyword: str) ->
             rng.uniform(0, np.pi),
         )
         c.paint(layer, (125, 118, 85), strength=0.45, blur=0.008 * c.r, label="A")
-    elif rng.random() < 0.25:
+    elif rng.random() < 0.4:  # geographic atrophy: a sharp-edged pale patch, not a wide bright field
         layer = c.layer()
         _ellipses(
             c,
             layer,
             np.array([geom.fovea[0]]),
             np.array([geom.fovea[1]]),
-            geom.dd * rng.uniform(0.4, 0.8),
-            geom.dd * rng.uniform(0.3, 0.6),
+            geom.dd * rng.uniform(0.25, 0.5),
+            geom.dd * rng.uniform(0.2, 0.4),
             rng.uniform(0, np.pi),
         )
         c.paint(layer, (228, 178, 122), strength=0.6, blur=0.004 * c.r, label="A")
@@ -320,11 +322,14 @@ def _retinal_pigmentation(c: _Canvas, rng: np.random.Generator, geom: _Geometry)
 
 
 def _lens_spokes(c: _Canvas, rng: np.random.Generator, img: np.ndarray, n: int) -> np.ndarray:
-    """Cortical cataract: wedge-shaped grey shadows pointing from the rim towards the centre. They lie
-    in the lens, so they are painted on the image (out of focus), not on the fundus."""
+    """Cortical cataract: narrow wedge-shaped grey shadows pointing from the rim towards the centre,
+    and a few dot opacities (vacuoles). They lie in the lens, so they are painted on the image, not
+    on the fundus. They are narrow, sharp-edged and dark rather than wide and faint: a local
+    structure that a network sees at 160 px, while they cover only a few per cent of the field (the
+    global brightness and blur of a cataract eye match those of any eye)."""
     layer = c.layer()
     for th in rng.uniform(0, 2 * np.pi, n):
-        inner, half = rng.uniform(0.25, 0.6), rng.uniform(0.04, 0.12)
+        inner, half = rng.uniform(0.3, 0.65), rng.uniform(0.015, 0.045)
         tip = (inner * math.cos(th), inner * math.sin(th))
         base = [(1.05 * math.cos(th + s * half), 1.05 * math.sin(th + s * half)) for s in (-1, 1)]
         pts = np.array([tip, *base])
@@ -332,8 +337,12 @@ def _lens_spokes(c: _Canvas, rng: np.random.Generator, img: np.ndarray, n: int) 
         cv2.fillPoly(
             layer, [np.stack([np.rint(x * 8), np.rint(y * 8)], 1).astype(np.int32)], 255, cv2.LINE_AA, 3
         )
+    k = int(rng.integers(2, 7))
+    a, b = _scatter(c, rng, k, (0.0, 0.0), 0.3, 0.7)
+    _circles(c, layer, a, b, rng.uniform(0.012, 0.025, k), rng.integers(150, 230, k))
     c.albedo = img
-    c.paint(layer, (0.55, 0.5, 0.45), mode="darken", strength=rng.uniform(0.25, 0.45), blur=0.03 * c.r)
+    # grey (all channels alike): a colour cast would be a global statistic of its own
+    c.paint(layer, (0.5, 0.5, 0.5), mode="darken", strength=rng.uniform(0.5, 0.7), blur=0.01 * c.r)
     return c.albedo
 
 
@@ -372,9 +381,9 @@ def _hypertensive_extras(c: _Canvas, rng: np.random.Generator, geom: _Geometry) 
     """Most hypertensive eyes also show flame haemorrhages and cotton-wool spots near the disc
     (moderate hypertensive retinopathy): narrowed arteries alone are below a pixel at the 128-192 px
     a CPU demo trains at, so without these the label would be unlearnable there."""
-    if rng.random() < 0.7:
-        a, b = _scatter(c, rng, int(rng.integers(1, 5)), (geom.disc[0] - 0.15, geom.disc[1]), 0.25)
+    if rng.random() < 0.85:
+        a, b = _scatter(c, rng, int(rng.integers(2, 7)), (geom.disc[0] - 0.15, geom.disc[1]), 0.25)
         _haemorrhages(c, rng, a, b, geom, 1.0, (0.01, 0.02), "H")
-    if rng.random() < 0.7:
-        a, b = _scatter(c, rng, int(rng.integers(1, 5)), (geom.disc[0] - 0.15, geom.disc[1]), 0.25)
+    if rng.random() < 0.85:
+        a, b = _scatter(c, rng, int(rng.integers(2, 6)), (geom.disc[0] - 0.15, geom.disc[1]), 0.25)
         _cotton_wool(c, rng, a, b, "H")

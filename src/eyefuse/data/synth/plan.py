@@ -65,8 +65,8 @@ class EyeParameters:
     avr: float  #: artery-to-vein width ratio
     artery_tortuosity: float  #: amplitude of the arteries' wiggle (radians)
     tessellation: float  #: strength of the choroidal pattern, 0 = none
-    haze: float  #: media opacity 0..1: veil, blur and dimming (cataract or not), 0 = clear
-    spokes: int  #: cortical lens spokes (cataract only)
+    haze: float  #: media opacity 0..1: veil, blur and dimming (any eye, same distribution with C), 0 = clear
+    spokes: int  #: cortical lens spokes (cataract only; the sign that decides C)
     sheen: bool  #: bright nerve-fibre-layer reflexes along the arcades (any eye)
 
 
@@ -93,14 +93,18 @@ def draw_eye_parameters(
     else:
         avr = _clipped_normal(rng, 0.68, 0.06, 0.5, 0.85)
         tort = rng.uniform(0.0, 0.08) if rng.random() < 0.8 else rng.uniform(0.08, 0.25)
+    # tessellation is common in healthy (East Asian, myopic but not pathological) eyes: drawn as
+    # strongly in them as in pathological myopia, whose deciding signs are atrophy and a tilted disc
     if "M" in diseases:
-        tess = rng.uniform(0.15, 0.5)
+        tess = rng.uniform(0.1, 0.45)
     elif "tessellated fundus" in kw:
         tess = rng.uniform(0.25, 0.5)
-    else:  # mild tessellation is common in healthy (East Asian) eyes
-        tess = rng.uniform(0.05, 0.4) if rng.random() < 0.4 else 0.0
-    # media haze: every eye may be hazy (age, small pupil, defocus); "low image quality" eyes are,
-    # and a cataract adds only a little on average, so blur and veil alone do not give C away
+    else:
+        tess = rng.uniform(0.05, 0.45) if rng.random() < 0.55 else 0.0
+    # media haze: every eye may be hazy (age, small pupil, defocus, tear film), and "low image
+    # quality" eyes are. A cataract eye's haze is drawn from the same distribution as any other
+    # eye's, so blur and veil say nothing about C; what decides C is the lens's local structure
+    # (`spokes`: cortical spokes and vacuoles, drawn on the image)
     u = rng.random()
     if "low image quality" in kw:
         haze = rng.uniform(0.25, 0.9)
@@ -108,10 +112,7 @@ def draw_eye_parameters(
         haze = rng.uniform(0.0, 0.6)
     else:
         haze = 0.0
-    spokes = 0
-    if "C" in diseases:
-        haze = max(haze, rng.uniform(0.0, 0.5))
-        spokes = int(rng.integers(3, 9))
+    spokes = int(rng.integers(5, 13)) if "C" in diseases else 0
     return EyeParameters(
         round(cdr, 4),
         round(avr, 4),

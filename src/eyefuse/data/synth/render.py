@@ -172,7 +172,7 @@ def _render(
     c = _Canvas(width, height, fov, side, rotation)
 
     # anatomy: fovea slightly temporal of the FOV centre, disc 2.3-2.7 disc diameters nasal and a bit higher
-    rd = rng.uniform(0.14, 0.17)
+    rd = rng.uniform(0.13, 0.18)  # disc sizes vary: a cup's area alone does not give G away
     dd = 2 * rd
     fovea = np.array([rng.uniform(-0.2, -0.06), rng.uniform(-0.06, 0.06)])
     disc = fovea + np.array([rng.uniform(2.3, 2.7) * dd, rng.uniform(0.05, 0.3) * dd])
@@ -199,11 +199,11 @@ def _render(
                 rng.uniform(0, np.pi, k),
             )
             c.paint(layer, (235, 215, 175), strength=0.75, blur=0.004 * c.r, label="M")
-    elif rng.random() < (0.4 if "G" in diseases else 0.3):  # common in older and glaucomatous eyes too
+    elif rng.random() < 0.35:  # common in older and glaucomatous eyes too
         _peripapillary_atrophy(c, rng, geom, None)
     tilt = rng.uniform(0.75, 0.9) if "M" in diseases else rng.uniform(0.92, 1.02)
     _optic_disc(c, rng, geom, params.cdr, tilt, "G" in diseases)
-    if "G" in diseases and rng.random() < 0.3:  # disc (Drance) haemorrhage at the rim
+    if "G" in diseases and rng.random() < 0.5:  # disc (Drance) haemorrhage at the rim
         t = rng.choice([1.0, -1.0]) * rng.uniform(1.1, 1.5)
         p = geom.disc + geom.rd * np.array([math.cos(t), math.sin(t)])
         _haemorrhages(c, rng, np.array([p[0]]), np.array([p[1]]), geom, 1.0, (0.008, 0.012), "G")
