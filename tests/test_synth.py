@@ -145,7 +145,8 @@ def test_images_are_fundus_photographs_of_the_recorded_camera(dataset):
         d = np.hypot(xx - cx, yy - cy)
         border, interior = gray[d > r + 3], gray[d < 0.5 * r]
         assert border.size > 0 and border.mean() < 35, row["path"]
-        assert interior.mean() > border.mean() + 35, row["path"]
+        # underexposed, hazy photographs are drawn too (exposure gain down to 0.75): still well above black
+        assert interior.mean() > border.mean() + 25, row["path"]
         # orange-red fundus: red dominates blue inside the circle
         assert img[..., 2][d < 0.5 * r].mean() > 1.5 * img[..., 0][d < 0.5 * r].mean(), row["path"]
 
@@ -348,14 +349,17 @@ def test_drawn_parameters_overlap_between_healthy_and_diseased_eyes():
     )
     # overlap as in real eyes: large physiological cups, narrow arteries, hazy photographs of
     # eyes without cataract, tessellated fundi without pathological myopia
-    for low, high in ((cdr_n, cdr_g), (-avr_n, -avr_h), (haze_n, haze_c), (tess_n, tess_m)):
+    for low, high in ((cdr_n, cdr_g), (-avr_n, -avr_h)):
         below, above = _overlap(low, high)
         assert below >= 0.05 and above >= 0.05, (below, above)
-    assert np.mean(haze_n > np.median(haze_c)) >= 0.1  # many clear-cataract-like hazy eyes
-    # ... yet every parameter still differs on average, so the signs stay learnable
+    assert np.mean(haze_n > np.median(haze_c)) >= 0.3  # many hazy eyes without a cataract
+    # cup and artery ratios still differ on average (with the local signs on top)
     assert cdr_g.mean() > cdr_n.mean() + 0.2 and avr_h.mean() < avr_n.mean() - 0.07
-    assert haze_c.mean() > haze_n.mean() and tess_m.mean() > tess_n.mean() + 0.2
-    assert all(p.spokes == 0 for p in normal) and all(p.spokes >= 3 for p in _params({"C"}, 50))
+    # media haze and tessellation decide nothing: cataract eyes are as hazy as others, tessellation
+    # is as strong in healthy eyes as in pathological myopia; C is decided by its lens spokes only
+    assert abs(haze_c.mean() - haze_n.mean()) < 0.05 and abs(np.mean(haze_c > 0) - np.mean(haze_n > 0)) < 0.06
+    assert np.percentile(tess_n, 95) >= np.percentile(tess_m, 75) and np.mean(tess_n > 0) > 0.4
+    assert all(p.spokes == 0 for p in normal) and all(p.spokes >= 5 for p in _params({"C"}, 50))
 
 
 def test_low_image_quality_eyes_are_hazy_without_a_cataract_label():
@@ -396,3 +400,20 @@ def test_progress_bar_counts_the_patients(tmp_path, capsys):
     assert "synth" in err and "4/4" in err  # one step per patient, training and test
     synthesize(tmp_path / "q", n_patients=3, n_test=1, seed=1, max_side=128, workers=1)
     assert "synth" not in capsys.readouterr().err  # off by default (library use)
+
+
+def test_planned_patients_carry_the_confounders_of_other_labels():
+    """Over many planned patients: drusen are drawn under O (never deciding A), and eyes without a
+    cataract carry the "low image quality" keyword (hazy photographs) about as often as cataract eyes."""
+    plans = [plan_patient(11, pid, "balanced") for pid in range(1500)]
+    eyes = [eye for p in plans for eye in (p.left, p.right)]
+    drusen = [eye for eye in eyes if "drusen" in eye.keywords]
+    assert len(drusen) >= 10 and all("O" in eye.labels for eye in drusen)
+    no_c = [eye for eye in eyes if "C" not in eye.labels]
+    with_c = [eye for eye in eyes if "C" in eye.labels]
+    low_q = np.mean(["low image quality" in eye.keywords for eye in no_c])
+    assert 0.1 < low_q < 0.3
+    assert abs(low_q - np.mean(["low image quality" in eye.keywords for eye in with_c])) < 0.08
+    rng = np.random.default_rng(5)
+    hazy = [draw_eye_parameters(rng, eye.labels, eye.keywords).haze for eye in no_c if "N" in eye.labels]
+    assert np.mean(np.array(hazy) > 0.3) > 0.2  # normal eyes hazy enough to look like a cataract's veil
