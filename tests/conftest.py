@@ -8,6 +8,12 @@ Fixtures:
   keyword rule; covers N, every disease, a non-fundus eye and non-deciding keywords.
 - `make_challenge(root, rows=None, *, image_dir=..., offsite_rows=None, onsite_rows=None,
   images=True, synthetic=False)`: the challenge layout (what `eyefuse synth` writes), returns root.
+
+Session fixtures, built once for every test file that asks (built lazily, so a run of fast tests
+never builds them; every test that asks gets the same content whatever ran before it):
+- `synth_dataset`: an `eyefuse synth` dataset (40 training + 16 off-site patients, 160 px).
+- `tiny_run`: a run folder trained on it in-process (`helpers.TINY_SETS`, 3 epochs). Tests only read
+  it; a test that changes a run copies it first (`shutil.copytree`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,10 @@ import pandas as pd
 import pytest
 
 from eyefuse import ODIR_LABELS
+from eyefuse.config import load_config
+from eyefuse.data.synth import synthesize
+from eyefuse.train.engine import fit
+from helpers import TINY_EPOCHS, TINY_SETS
 
 ODIR_COLUMNS = [
     "ID",
@@ -152,3 +162,24 @@ def _one_torch_thread() -> None:
     except ImportError:
         return
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One synthetic ODIR-format dataset for every test that trains or evaluates on one (read only:
+    the preprocessing cache it gains is the same whichever test fills it)."""
+    root = tmp_path_factory.mktemp("synth_dataset") / "data"
+    synthesize(root, n_patients=40, n_test=16, seed=5, max_side=160)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synth_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny run on `synth_dataset`, trained in-process as `eyefuse train --config demo --set
+    TINY_SETS... --set train.epochs=3` would (the resume test compares a killed and resumed run with
+    it weight for weight). Read only: copy it before changing it."""
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    cfg = load_config("demo", [*TINY_SETS, f"train.epochs={TINY_EPOCHS}"])
+    cfg.data.root = str(synth_dataset.resolve())
+    fit(cfg, run, progress=False)
+    return run
