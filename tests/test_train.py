@@ -105,7 +105,7 @@ def test_training_lowers_the_loss(synth_dataset: Path, tmp_path: Path) -> None:
 def test_resume_after_kill_matches_uninterrupted_run(
     synth_dataset: Path, tiny_run: Path, tmp_path: Path
 ) -> None:
-    """`tiny_run` (trained in-process, uninterrupted) is the reference: `eyefuse train` processes
+    """`tiny_run` (an uninterrupted `eyefuse train` run) is the reference: `eyefuse train` processes
     with the same settings, killed mid-run and resumed, end with its weights and its metrics."""
     common = ["--data", str(synth_dataset), "--config", "demo", *_sets([f"train.epochs={TINY_EPOCHS}"])]
     assert (tiny_run / "metrics.csv").read_text().count("\n") == 4  # header + 3 epochs
