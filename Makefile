@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo: install
 
 test: install
 	bash scripts/test.sh
+
+# The fast lane: lint + every test not marked slow (nothing that trains a model or takes seconds).
+test-fast: install
+	bash scripts/test.sh -m "not slow"
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

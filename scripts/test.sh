@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite as CI runs it: lint, then pytest with every extra installed by `make install`.
+# Arguments go to pytest: `bash scripts/test.sh -m "not slow"` is the fast lane (`make test-fast`).
 # The browser test drives Debian's Chromium through Playwright (never a downloaded browser build):
 # install it when missing and we are root on a Debian-like system; otherwise that test skips with
 # its reason.

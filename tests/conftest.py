@@ -8,10 +8,19 @@ Fixtures:
   keyword rule; covers N, every disease, a non-fundus eye and non-deciding keywords.
 - `make_challenge(root, rows=None, *, image_dir=..., offsite_rows=None, onsite_rows=None,
   images=True, synthetic=False)`: the challenge layout (what `eyefuse synth` writes), returns root.
+
+Session fixtures, built once for every test file that asks (built lazily, so a run of fast tests
+never builds them; every test that asks gets the same content whatever ran before it):
+- `synth_dataset`: an `eyefuse synth` dataset (40 training + 16 off-site patients, 160 px).
+- `tiny_run`: a run folder trained on it by `eyefuse train` (`helpers.TINY_SETS`, 3 epochs). Tests
+  only read it; a test that changes a run copies it first (`shutil.copytree`).
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +31,8 @@ import pandas as pd
 import pytest
 
 from eyefuse import ODIR_LABELS
+from eyefuse.data.synth import synthesize
+from helpers import TINY_EPOCHS, TINY_SETS, set_args
 
 ODIR_COLUMNS = [
     "ID",
@@ -152,3 +163,30 @@ def _one_torch_thread() -> None:
     except ImportError:
         return
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def synth_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One synthetic ODIR-format dataset for every test that trains or evaluates on one (read only:
+    the preprocessing cache it gains is the same whichever test fills it)."""
+    root = tmp_path_factory.mktemp("synth_dataset") / "data"
+    synthesize(root, n_patients=40, n_test=16, seed=5, max_side=160)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synth_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny run on `synth_dataset`: `eyefuse train --config demo --set TINY_SETS... --set
+    train.epochs=3`, one thread. It is the uninterrupted reference of the resume test, which compares
+    killed and resumed `eyefuse train` processes with it weight for weight, so it is made by the same
+    entry point in a process of its own (no state left by other tests in this one). Read only: copy
+    it before changing it."""
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("EYEFUSE_FAULT_KILL_AT_STEP", None)
+    cmd = [sys.executable, "-m", "eyefuse", "train", "--no-progress", "--config", "demo"]
+    cmd += ["--data", str(synth_dataset), "--out", str(run)]
+    cmd += set_args([*TINY_SETS, f"train.epochs={TINY_EPOCHS}"])
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run

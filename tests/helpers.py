@@ -22,6 +22,35 @@ from eyefuse.train.checkpoint import checkpoint_meta, save_checkpoint
 
 SIZE = 64
 
+#: The one tiny backbone of the tests (timm's ResNet-10-T: one block per stage, the cheapest
+#: ResNet-family model; the demo preset's backbone too).
+TINY_BACKBONE = "resnet10t"
+
+#: `--set` overrides of the demo preset for every test that trains: the tiny backbone at 64 px from
+#: scratch, on the CPU, no worker processes, no early stopping. The shared `tiny_run` fixture
+#: (conftest.py) trains with these for `TINY_EPOCHS` epochs.
+TINY_SETS = [
+    "preprocess.size=64",
+    f"model.backbone={TINY_BACKBONE}",
+    "model.pretrained=false",
+    "model.attention=residual_attention",
+    "model.fusion=ffm",
+    "model.head=sigmoid",
+    "train.batch_size=8",
+    "train.lr=0.001",
+    "train.num_workers=0",
+    "train.channels_last=false",
+    "train.early_stop_patience=0",
+    "train.device=cpu",
+    "eval.bootstrap=50",
+]
+TINY_EPOCHS = 3
+
+
+def set_args(sets: list[str]) -> list[str]:
+    """`--set` options for the command line: ["a=1", "b=2"] -> ["--set", "a=1", "--set", "b=2"]."""
+    return [arg for s in sets for arg in ("--set", s)]
+
 
 def make_checkpoint(
     path: Path,
@@ -36,7 +65,7 @@ def make_checkpoint(
     cfg = Config()
     cfg.preprocess.size = SIZE
     cfg.preprocess.enhance = "none"
-    cfg.model.backbone = "resnet10t"
+    cfg.model.backbone = TINY_BACKBONE
     cfg.model.pretrained = False
     cfg.model.attention = attention
     cfg.model.fusion = fusion

@@ -376,6 +376,7 @@ def onnx_model(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_onnx_model_predicts_like_pytorch_and_refuses_explain(onnx_model, client) -> None:
     with TestClient(create_app(onnx_model)) as onnx_client:
         info = onnx_client.get("/v1/model").json()

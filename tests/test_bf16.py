@@ -62,6 +62,7 @@ def _checked_step(
     optimizer.step()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["paper", "strong", "demo"])
 def test_preset_trains_under_bf16_autocast(preset: str) -> None:
     """The preset's attention, placement, fusion, head, auxiliary heads, loss, optimiser, gradient

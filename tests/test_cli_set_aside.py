@@ -72,6 +72,7 @@ def test_patients_without_a_usable_eye_are_set_aside_before_training(
             assert bool(item["left_present"]) or bool(item["right_present"])
 
 
+@pytest.mark.slow
 def test_evaluate_sets_aside_and_lists_them(troubled_data: tuple[Path, Path], tmp_path: Path) -> None:
     from eyefuse.eval.evaluate import run_evaluate
 

@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from eyefuse.data.dataset import BATCH_KEYS, PairDataset, TensorCache, usable_patients
+from eyefuse.data.decode import PreprocessError
 from eyefuse.errors import DataError, EyefuseError
 
 SIZE = 16
@@ -189,11 +190,9 @@ def test_failures_in_a_worker_process_reach_the_main_process() -> None:
 
 
 def test_default_load_errors_is_preprocess_error() -> None:
-    preprocess = pytest.importorskip("eyefuse.data.preprocess")
-
     def load(path: Path) -> np.ndarray:
         if path.name == "bad.jpg":
-            raise preprocess.PreprocessError(path, "unreadable")
+            raise PreprocessError(path, "unreadable")
         return image_for(path)
 
     patients = [FakePatient("1", Path("1_left.jpg"), Path("bad.jpg"), lab(1, 0, 0))]

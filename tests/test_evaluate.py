@@ -1,21 +1,20 @@
-"""evaluate, score, ablate and demo end to end on a tiny synthetic dataset and a tiny model."""
+"""evaluate, score, ablate and demo end to end on a tiny synthetic dataset and a tiny model (the
+session's `synth_dataset` and `tiny_run`, see conftest.py)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from eyefuse.config import load_config
 from eyefuse.errors import ConfigError
+from helpers import TINY_BACKBONE, set_args
 
 TINY = [
     "preprocess.size=64",
-    "model.backbone=resnet18",
+    f"model.backbone={TINY_BACKBONE}",
     "model.pretrained=false",
     "train.batch_size=8",
     "train.num_workers=0",
@@ -25,28 +24,14 @@ TINY = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from eyefuse.data.synth import synthesize
-    from eyefuse.train.engine import fit
-
-    root = tmp_path_factory.mktemp("eval")
-    data = root / "data"
-    synthesize(data, n_patients=40, n_test=16, seed=5, max_side=160)
-    cfg = load_config("demo", [*TINY, "train.epochs=2"])
-    cfg.data.root = str(data)
-    fit(cfg, root / "run", progress=False)
-    return data, root / "run"
-
-
 @pytest.mark.slow
-def test_thresholds_are_fitted_on_validation_only(tiny_run: tuple[Path, Path]) -> None:
+def test_thresholds_are_fitted_on_validation_only(tiny_run: Path) -> None:
     from eyefuse.config import EvalConfig
     from eyefuse.eval.calibration import fit_calibration
     from eyefuse.eval.evaluate import predict_split
     from eyefuse.train.checkpoint import read_meta
 
-    _, run = tiny_run
+    run = tiny_run
     meta = read_meta(run / "best")
     assert meta["calibration_split"]["name"] == "val"
     cfg = EvalConfig(threshold_method=meta["threshold_method"])
@@ -60,12 +45,12 @@ def test_thresholds_are_fitted_on_validation_only(tiny_run: tuple[Path, Path]) -
 
 
 @pytest.mark.slow
-def test_evaluate_writes_report_and_official_csv(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+def test_evaluate_writes_report_and_official_csv(synth_dataset: Path, tiny_run: Path, tmp_path: Path) -> None:
     from eyefuse.cli import main
     from eyefuse.eval.evaluate import run_evaluate
     from eyefuse.eval.score import score_files
 
-    data, run = tiny_run
+    data, run = synth_dataset, tiny_run
     summary = run_evaluate(run, split="offsite", out=tmp_path / "rep", progress=False)
     assert (tmp_path / "rep" / "report.html").is_file() and (tmp_path / "rep" / "report.md").is_file()
     metrics = json.loads((tmp_path / "rep" / "metrics.json").read_text())
@@ -88,10 +73,10 @@ def test_evaluate_writes_report_and_official_csv(tiny_run: tuple[Path, Path], tm
 
 
 @pytest.mark.slow
-def test_evaluate_refuses_the_calibration_split(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+def test_evaluate_refuses_the_calibration_split(tiny_run: Path, tmp_path: Path) -> None:
     from eyefuse.eval.evaluate import run_evaluate
 
-    _, run = tiny_run
+    run = tiny_run
     with pytest.raises(ConfigError, match="fitted on the 'val' split"):
         run_evaluate(run, split="val", out=tmp_path / "no", progress=False)
     assert not (tmp_path / "no").exists()
@@ -103,10 +88,10 @@ def test_evaluate_refuses_the_calibration_split(tiny_run: tuple[Path, Path], tmp
 
 
 @pytest.mark.slow
-def test_ablation_runs_and_resumes(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+def test_ablation_runs_and_resumes(synth_dataset: Path, tmp_path: Path) -> None:
     from eyefuse.eval.ablation import run_ablation
 
-    data, _ = tiny_run
+    data = synth_dataset
     grid = tmp_path / "grid.yaml"
     grid.write_text(
         "base: demo\n"
@@ -159,11 +144,10 @@ def test_ablation_grid_errors(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_demo_end_to_end_tiny(tmp_path: Path) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "eyefuse",
+def test_demo_end_to_end_tiny(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from eyefuse.cli import main
+
+    argv = [
         "demo",
         "--out",
         str(tmp_path / "demo"),
@@ -177,19 +161,20 @@ def test_demo_end_to_end_tiny(tmp_path: Path) -> None:
         "--seeds",
         "2",
         "--no-progress",
-        *[a for s in [*TINY, "train.epochs=1"] for a in ("--set", s)],
+        *set_args([*TINY, "train.epochs=1"]),
     ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "ODIR final (official)" in out.stdout
-    assert "single-eye (no fusion) baseline, 2 training seeds each" in out.stdout
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    assert rc == 0, err[-3000:]
+    assert "ODIR final (official)" in out
+    assert "single-eye (no fusion) baseline, 2 training seeds each" in out
     # Every comparison line carries its interval and one of the three verdicts, never a bare "beats".
-    lines = [ln for ln in out.stdout.splitlines() if ln.strip().startswith(("ODIR final:", "macro AUROC:"))]
+    lines = [ln for ln in out.splitlines() if ln.strip().startswith(("ODIR final:", "macro AUROC:"))]
     assert len(lines) == 2
     for line in lines:
         assert "95 % CI" in line and "2 vs 2 seeds" in line
         assert line.endswith(("is better", "is worse", "are not distinguishable"))
-    assert "beats" not in out.stdout
+    assert "beats" not in out
     assert (tmp_path / "demo" / "report" / "report.html").is_file()
     for run in ("run-single", "run-seed1", "run-single-seed1"):
         assert (tmp_path / "demo" / run / "best" / "meta.json").is_file()

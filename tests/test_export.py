@@ -46,6 +46,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, expo
     return ckpt, root / "model.onnx", summary
 
 
+@pytest.mark.slow
 def test_sigmoid_export_parity_and_dynamic_batch(exported) -> None:
     _, onnx_path, summary = exported
     assert sorted(summary.diff_by_batch) == [1, 3]
@@ -60,6 +61,7 @@ def test_sigmoid_export_parity_and_dynamic_batch(exported) -> None:
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]] == [3, SIZE, SIZE]
 
 
+@pytest.mark.slow
 def test_sidecar_holds_what_a_client_needs(exported) -> None:
     ckpt, onnx_path, _ = exported
     side = json.loads(Path(str(onnx_path) + ".json").read_text())
@@ -76,6 +78,7 @@ def test_sidecar_holds_what_a_client_needs(exported) -> None:
     assert set(side["inputs"]) == set(INPUT_NAMES)
 
 
+@pytest.mark.slow
 def test_predict_with_onnx_equals_the_checkpoint(tmp_path, exported) -> None:
     ckpt, onnx_path, _ = exported
     left, right = draw_eye(tmp_path / "1_left.jpg"), draw_eye(tmp_path / "1_right.jpg", spot=-12)
@@ -92,6 +95,7 @@ def test_predict_with_onnx_equals_the_checkpoint(tmp_path, exported) -> None:
         assert a.thresholds == b.thresholds
 
 
+@pytest.mark.slow
 def test_broken_parity_raises(monkeypatch, exported) -> None:
     ckpt, onnx_path, _ = exported
     wrapper = ExportWrapper(load_model(ckpt), read_meta(ckpt)).eval()
@@ -104,6 +108,7 @@ def test_broken_parity_raises(monkeypatch, exported) -> None:
         check_parity(onnx_path, wrapper, SIZE)
 
 
+@pytest.mark.slow
 def test_failed_export_leaves_no_file(monkeypatch, tmp_path, exported) -> None:
     ckpt, _, _ = exported
 
@@ -118,6 +123,7 @@ def test_failed_export_leaves_no_file(monkeypatch, tmp_path, exported) -> None:
         export_onnx(ckpt, tmp_path / "x.bin")
 
 
+@pytest.mark.slow
 def test_onnx_without_sidecar_or_altered_is_refused(tmp_path, exported) -> None:
     _, onnx_path, _ = exported
     copy = tmp_path / "m.onnx"
@@ -131,6 +137,7 @@ def test_onnx_without_sidecar_or_altered_is_refused(tmp_path, exported) -> None:
         Predictor.from_checkpoint(copy)
 
 
+@pytest.mark.slow
 def test_softmax_head_with_cross_attention_exports_with_parity(tmp_path) -> None:
     ckpt = make_checkpoint(
         tmp_path / "best", head="softmax", fusion="cross_attention", temperatures=[1.7], epoch=3

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 
 from eyefuse import ODIR_LABELS
 from eyefuse.serve.app import create_app
@@ -61,6 +62,7 @@ async def _hammer(base: str) -> tuple[list[float], list[str], list[dict]]:
     return latencies, errors, answers
 
 
+@pytest.mark.slow
 def test_200_concurrent_predictions_without_errors(tmp_path: Path) -> None:
     ckpt = make_checkpoint(tmp_path / "run" / "best")
     app = create_app(ckpt, max_concurrency=2)

@@ -111,6 +111,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "run" / "best"
 
 
+@pytest.mark.slow
 def test_grad_cam_points_at_the_learned_lesions(trained: Path, tmp_path: Path) -> None:
     predictor = Predictor.from_checkpoint(trained)
     _, masks = _write_patients(tmp_path / "new", 16, seed=1)  # patients never seen in training

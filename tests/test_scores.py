@@ -105,6 +105,7 @@ def test_official_score_of_raw_and_calibrated_probabilities() -> None:
     assert "submission CSV (calibrated decision scores only)" in soft
 
 
+@pytest.mark.slow
 def test_report_says_what_the_official_columns_use_and_skips_calibration_of_non_probabilities(
     tmp_path: Path,
 ) -> None:

@@ -184,6 +184,7 @@ def test_keywords_and_labels_follow_the_odir_rule(dataset):
         assert set(row[list(ODIR_LABELS)].unique()) <= {0, 1}
 
 
+@pytest.mark.slow
 def test_larger_set_has_one_eyed_patients_and_every_label(tmp_path):
     out = tmp_path / "s60"
     summary = synthesize(out, n_patients=60, n_test=0, seed=3, max_side=128, workers=1)

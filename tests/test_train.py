@@ -16,31 +16,9 @@ from safetensors.torch import load_file
 
 from eyefuse.config import load_config
 from eyefuse.errors import ConfigError
+from helpers import TINY_EPOCHS, TINY_SETS, set_args
 
-TINY = [
-    "preprocess.size=64",
-    "model.backbone=resnet18",
-    "model.pretrained=false",
-    "model.attention=residual_attention",
-    "model.fusion=ffm",
-    "model.head=sigmoid",
-    "train.batch_size=8",
-    "train.lr=0.001",
-    "train.num_workers=0",
-    "train.channels_last=false",
-    "train.early_stop_patience=0",
-    "train.device=cpu",
-    "eval.bootstrap=50",
-]
-
-
-@pytest.fixture(scope="module")
-def synth_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from eyefuse.data.synth import synthesize
-
-    root = tmp_path_factory.mktemp("synth") / "data"
-    synthesize(root, n_patients=40, n_test=10, seed=3, max_side=160)
-    return root
+TINY = TINY_SETS
 
 
 def _env() -> dict[str, str]:
@@ -72,10 +50,11 @@ def _train_together(*runs: tuple[list[str], dict[str, str] | None]) -> list[subp
 
 
 def _sets(extra: list[str]) -> list[str]:
-    return [a for s in [*TINY, *extra] for a in ("--set", s)]
+    return set_args([*TINY, *extra])
 
 
-def test_training_lowers_the_loss(synth_data: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_training_lowers_the_loss(synth_dataset: Path, tmp_path: Path) -> None:
     from eyefuse.data.augment import eval_transform
     from eyefuse.data.dataset import PairDataset
     from eyefuse.models import build_model
@@ -85,7 +64,7 @@ def test_training_lowers_the_loss(synth_data: Path, tmp_path: Path) -> None:
 
     overrides = [*TINY, "train.epochs=6", "train.warmup_epochs=0", "train.lr=0.003", "model.drop_rate=0"]
     cfg = load_config("demo", [*overrides, "augment.eye_dropout=0", "augment.flip=none"])
-    cfg.data.root = str(synth_data)
+    cfg.data.root = str(synth_dataset)
     data = engine.load_run_data(cfg, tmp_path, DistInfo(), progress=False)
     train_set = PairDataset(data.splits["train"], data.loader, data.label_names, size=64)
     torch.manual_seed(0)
@@ -122,28 +101,35 @@ def test_training_lowers_the_loss(synth_data: Path, tmp_path: Path) -> None:
     assert after < before * 0.95, (before, after)
 
 
-def test_resume_after_kill_matches_uninterrupted_run(synth_data: Path, tmp_path: Path) -> None:
-    common = ["--data", str(synth_data), "--config", "demo", *_sets(["train.epochs=3"])]
-    full = _train([*common, "--out", str(tmp_path / "full")])
-    assert full.returncode == 0, full.stderr[-3000:]
-    assert (tmp_path / "full" / "metrics.csv").read_text().count("\n") == 4  # header + 3 epochs
+@pytest.mark.slow
+def test_resume_after_kill_matches_uninterrupted_run(
+    synth_dataset: Path, tiny_run: Path, tmp_path: Path
+) -> None:
+    """`tiny_run` (an uninterrupted `eyefuse train` run) is the reference: `eyefuse train` processes
+    with the same settings, killed mid-run and resumed, end with its weights and its metrics."""
+    common = ["--data", str(synth_dataset), "--config", "demo", *_sets([f"train.epochs={TINY_EPOCHS}"])]
+    assert (tiny_run / "metrics.csv").read_text().count("\n") == 4  # header + 3 epochs
 
     from eyefuse.data.splits import read_split
     from eyefuse.train.distributed import DistInfo
     from eyefuse.train.engine import epoch_batches
 
-    n_train = sum(1 for split in read_split(tmp_path / "full" / "split.csv").values() if split == "train")
+    n_train = sum(1 for split in read_split(tiny_run / "split.csv").values() if split == "train")
     steps = len(epoch_batches(n_train, 8, 0, 0, DistInfo()))
     assert steps >= 3
     # killed in the middle of epoch 2, and killed in its first epoch before any checkpoint (then
     # --resume starts again from step 0 with the saved config and split): both end with the
-    # uninterrupted run's weights. The two runs are independent, so they run side by side.
+    # uninterrupted run's weights. Beside them, a copy of the finished run is extended by one epoch.
+    # The runs are independent, so they run side by side.
+    full = tmp_path / "full"
+    shutil.copytree(tiny_run, full)
     env, env1 = _env(), _env()
     env["EYEFUSE_FAULT_KILL_AT_STEP"] = str(steps + 2)
     env1["EYEFUSE_FAULT_KILL_AT_STEP"] = "2"
-    killed, killed1 = _train_together(
+    killed, killed1, extended = _train_together(
         ([*common, "--out", str(tmp_path / "killed")], env),
         ([*common, "--out", str(tmp_path / "killed1")], env1),
+        (["--resume", str(full), "--set", "train.epochs=4"], None),
     )
     assert killed.returncode == -9, killed.stderr[-3000:]
     assert (tmp_path / "killed" / "last" / "meta.json").is_file()
@@ -157,12 +143,12 @@ def test_resume_after_kill_matches_uninterrupted_run(synth_data: Path, tmp_path:
     assert resumed1.returncode == 0, resumed1.stderr[-3000:]
     assert "no checkpoint yet" in resumed1.stdout
 
-    a = load_file(str(tmp_path / "full" / "last" / "model.safetensors"))
+    a = load_file(str(tiny_run / "last" / "model.safetensors"))
     b = load_file(str(tmp_path / "killed" / "last" / "model.safetensors"))
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    full_rows = [r.split(",")[:8] for r in (tmp_path / "full" / "metrics.csv").read_text().splitlines()]
+    full_rows = [r.split(",")[:8] for r in (tiny_run / "metrics.csv").read_text().splitlines()]
     resumed_rows = [r.split(",")[:8] for r in (tmp_path / "killed" / "metrics.csv").read_text().splitlines()]
     assert full_rows == resumed_rows
 
@@ -170,14 +156,13 @@ def test_resume_after_kill_matches_uninterrupted_run(synth_data: Path, tmp_path:
     for k in a:
         assert torch.equal(a[k], c[k]), k
 
-    # extend the finished run by one epoch
-    extended = _train(["--resume", str(tmp_path / "full"), "--set", "train.epochs=4"])
+    # the finished run, extended by one epoch
     assert extended.returncode == 0, extended.stderr[-3000:]
-    assert (tmp_path / "full" / "metrics.csv").read_text().count("\n") == 5
+    assert (full / "metrics.csv").read_text().count("\n") == 5
     # the fitted calibration lives in best
     from eyefuse.train.checkpoint import read_meta
 
-    meta = read_meta(tmp_path / "full" / "best")
+    meta = read_meta(full / "best")
     assert len(meta["thresholds"]) == 8 and meta["calibration_split"]["name"] == "val"
 
 
@@ -191,17 +176,23 @@ def test_resume_refuses_model_changes(tmp_path: Path) -> None:
     assert prepare_resume(tmp_path, ["train.epochs=20"]).train.epochs == 20
 
 
-def test_existing_run_is_not_overwritten(synth_data: Path, tmp_path: Path) -> None:
+def test_existing_run_is_not_overwritten(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from eyefuse.cli import main
+
     (tmp_path / "run" / "last").mkdir(parents=True)
-    out = _train(["--data", str(synth_data), "--out", str(tmp_path / "run"), *_sets(["train.epochs=1"])])
-    assert out.returncode == 2 and "already holds a run" in out.stderr
+    (tmp_path / "data").mkdir()  # refused before the dataset is read
+    argv = ["train", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "run")]
+    rc = main([*argv, *_sets(["train.epochs=1"])])
+    assert rc == 2 and "already holds a run" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["last"]  # nothing written into it
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
     reason="torchrun not installed",
 )
-def test_ddp_two_cpu_processes(synth_data: Path, tmp_path: Path) -> None:
+def test_ddp_two_cpu_processes(synth_dataset: Path, tmp_path: Path) -> None:
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     cmd = [
         torchrun,
@@ -214,7 +205,7 @@ def test_ddp_two_cpu_processes(synth_data: Path, tmp_path: Path) -> None:
         "train",
         "--no-progress",
         "--data",
-        str(synth_data),
+        str(synth_dataset),
         "--out",
         str(tmp_path / "ddp"),
         *_sets(["train.epochs=1"]),
@@ -225,7 +216,8 @@ def test_ddp_two_cpu_processes(synth_data: Path, tmp_path: Path) -> None:
     assert (tmp_path / "ddp" / "best" / "model.safetensors").is_file()
 
 
-def test_fit_with_ema_sgd_workers_and_early_stopping(synth_data: Path, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_fit_with_ema_sgd_workers_and_early_stopping(synth_dataset: Path, tmp_path: Path) -> None:
     from eyefuse.train.checkpoint import load_train_state, read_meta
     from eyefuse.train.engine import fit
 
@@ -244,7 +236,7 @@ def test_fit_with_ema_sgd_workers_and_early_stopping(synth_data: Path, tmp_path:
             "model.aux_eye_heads=true",
         ],
     )
-    cfg.data.root = str(synth_data)
+    cfg.data.root = str(synth_dataset)
     result = fit(cfg, tmp_path / "run", progress=False)
     assert cfg.train.select_metric == "val_macro_auroc"  # the default chooses the best checkpoint
     finals = [row["val_macro_auroc"] for row in result.history]
@@ -349,7 +341,7 @@ def test_non_finite_loss_is_reported_with_its_step() -> None:
     from eyefuse.train import engine
     from eyefuse.train.distributed import DistInfo
 
-    cfg = load_config("demo", [*TINY, "preprocess.size=32", "model.backbone=resnet10t"])
+    cfg = load_config("demo", [*TINY, "preprocess.size=32"])
     torch.manual_seed(0)
     model = build_model(cfg.model, tuple("NDGCAHMO"))
     gen = torch.Generator().manual_seed(0)
