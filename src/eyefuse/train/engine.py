@@ -25,9 +25,12 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from eyefuse.config import Config, config_from_dict, resume_config
+from eyefuse.data.augment import augment_batch
 from eyefuse.errors import EyefuseError
+from eyefuse.eval.calibration import scores_from_logits
 from eyefuse.train import checkpoint as ckpt
 from eyefuse.train.distributed import (
     DistInfo,
@@ -40,6 +43,7 @@ from eyefuse.train.distributed import (
     shard_indices,
     shutdown_distributed,
 )
+from eyefuse.train.losses import masked_bce
 from eyefuse.train.run_data import RunData, make_loader
 from eyefuse.train.setup import amp_dtype, epoch_seed, parallel_model, process_group_device, setup_run
 from eyefuse.train.state import Run, TrainState, open_tensorboard, resumable, resume_state, save_epoch
@@ -71,8 +75,6 @@ def compute_loss(
     outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], criterion: nn.Module, cfg: Config
 ) -> torch.Tensor:
     """Patient loss plus, with per-eye auxiliary heads, the masked per-eye loss."""
-    from eyefuse.train.losses import masked_bce
-
     loss = criterion(outputs["logits"].float(), batch["labels"])
     if "left_logits" in outputs and cfg.loss.aux_weight > 0:
         known = batch["eye_labels_known"]
@@ -114,10 +116,6 @@ def train_one_epoch(
     the next check. Images per second cover the whole epoch, from asking for the first batch until
     the device has finished the last step (the same quantity bench_train.py measures for the model
     alone, plus loading and augmentation)."""
-    from tqdm import tqdm
-
-    from eyefuse.data.augment import augment_batch
-
     model.train()
     torch.manual_seed(epoch_seed(cfg.train.seed, epoch, info.rank, stream=1))  # dropout etc.
     gen = torch.Generator(device=device)
@@ -238,8 +236,6 @@ def evaluate(
 def validation_scores(model: nn.Module, result: dict[str, Any]) -> dict[str, float]:
     """Official ODIR score (at 0.5, as the challenge defines it) and macro AUROC of a validation pass,
     scored as evaluation scores (`eyefuse.eval.calibration.scores_from_logits`)."""
-    from eyefuse.eval.calibration import scores_from_logits
-
     official = scores_from_logits(result["labels"].astype(int), result["logits"], _unwrap(model).cfg.head)
     return {
         "val_loss": result["loss"],
