@@ -178,7 +178,7 @@ def setup_run(
         ema=ModelEmaV3(model, decay=cfg.train.ema_decay) if cfg.train.ema else None,
     )
     run = Run(cfg, run_dir, info, device, data, train_set, val_set, criterion, steps_per_epoch, progress)
-    run.fault_step = fault_step_from_env()
+    run.fault_step = fault_step_from_env()  # read once per run, not at every step
     if cfg.train.gpu_cache:  # after the model: the cache's loader draws from the global random stream
         if device.type != "cuda":
             raise ConfigError("train.gpu_cache=true needs CUDA")
