@@ -35,7 +35,7 @@ def _worker(kind: str, args: dict[str, Any], queue: mp.Queue) -> None:
     import torch
 
     from eyefuse.config import ModelConfig, load_config
-    from eyefuse.train.engine import seed_everything
+    from eyefuse.train.setup import seed_everything
 
     seed_everything(0, args["deterministic"])  # the trainer's backend settings
     if args["threads"]:

@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from eyefuse.train.distributed import broadcast_buffers, init_distributed, shutdown_distributed
-from eyefuse.train.engine import check_replicas_identical, epoch_batches
+from eyefuse.train.engine import check_replicas_identical
+from eyefuse.train.run_data import epoch_batches
 
 N, BATCH, EPOCHS, LR = 30, 4, 2, 0.1
 

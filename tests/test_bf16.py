@@ -15,6 +15,7 @@ from eyefuse.models.attention import CBAM, ResidualAttention, SpatialGate, Squee
 from eyefuse.models.fusion import CrossAttentionFusion
 from eyefuse.train import engine
 from eyefuse.train.losses import AsymmetricLoss, BCEWithLogits, FocalLoss, SoftTargetCrossEntropy, create_loss
+from eyefuse.train.setup import build_optimizer
 
 LABELS = tuple("NDGCAHMO")
 BF16 = {"device_type": "cpu", "dtype": torch.bfloat16}
@@ -75,7 +76,7 @@ def test_preset_trains_under_bf16_autocast(preset: str) -> None:
     model = build_model(cfg.model, LABELS).train()
     labels = np.stack([_batch(gen, 4, 8)["labels"].numpy() for _ in range(4)]).reshape(-1, 8)
     criterion = create_loss(cfg.loss, cfg.model.head, labels, LABELS)
-    optimizer = engine.build_optimizer(model, cfg, backbone_pretrained=False)
+    optimizer = build_optimizer(model, cfg, backbone_pretrained=False)
     ema = None
     if cfg.train.ema:
         from timm.utils import ModelEmaV3
@@ -158,7 +159,7 @@ def test_full_preset_trains_under_bf16_on_cuda(preset: str) -> None:
     model = build_model(cfg.model, LABELS).to(device).to(memory_format=torch.channels_last).train()
     labels = np.stack([_batch(gen, 4, 8)["labels"].numpy() for _ in range(4)]).reshape(-1, 8)
     criterion = create_loss(cfg.loss, cfg.model.head, labels, LABELS).to(device)
-    optimizer = engine.build_optimizer(model, cfg, backbone_pretrained=False)
+    optimizer = build_optimizer(model, cfg, backbone_pretrained=False)
     for step in range(4):
         batch = {k: v.to(device) for k, v in _batch(gen, 8, 224).items()}
         _checked_step(model, batch, criterion, cfg, optimizer, "cuda", True, (preset, step))

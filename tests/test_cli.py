@@ -148,7 +148,7 @@ def test_unwritable_cache_names_the_option(
     from eyefuse.config import load_config
     from eyefuse.errors import ConfigError
     from eyefuse.train.distributed import DistInfo
-    from eyefuse.train.engine import load_run_data
+    from eyefuse.train.run_data import load_run_data
 
     cfg = load_config("demo", ["preprocess.size=64", f"data.cache_dir={blocker / 'cache'}"])
     cfg.data.root = str(root)

@@ -45,7 +45,7 @@ def test_patients_without_a_usable_eye_are_set_aside_before_training(
     from eyefuse.config import load_config
     from eyefuse.data.dataset import PairDataset
     from eyefuse.train.distributed import DistInfo
-    from eyefuse.train.engine import load_run_data
+    from eyefuse.train.run_data import load_run_data
 
     root, split = troubled_data
     cfg = load_config("demo", ["preprocess.size=64", f"data.split_file={split}"])

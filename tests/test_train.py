@@ -61,18 +61,20 @@ def test_training_lowers_the_loss(synth_dataset: Path, tmp_path: Path) -> None:
     from eyefuse.train import engine
     from eyefuse.train.distributed import DistInfo
     from eyefuse.train.losses import create_loss
+    from eyefuse.train.run_data import epoch_batches, load_run_data, make_loader
+    from eyefuse.train.setup import build_optimizer, build_scheduler
 
     overrides = [*TINY, "train.epochs=6", "train.warmup_epochs=0", "train.lr=0.003", "model.drop_rate=0"]
     cfg = load_config("demo", [*overrides, "augment.eye_dropout=0", "augment.flip=none"])
     cfg.data.root = str(synth_dataset)
-    data = engine.load_run_data(cfg, tmp_path, DistInfo(), progress=False)
+    data = load_run_data(cfg, tmp_path, DistInfo(), progress=False)
     train_set = PairDataset(data.splits["train"], data.loader, data.label_names, size=64)
     torch.manual_seed(0)
     model = build_model(cfg.model, data.label_names)
     labels = np.stack([p.labels for p in data.splits["train"]]).astype(np.float32)
     criterion = create_loss(cfg.loss, cfg.model.head, labels)
     device = torch.device("cpu")
-    batches = engine.epoch_batches(len(train_set), 8, 0, 0, DistInfo())
+    batches = epoch_batches(len(train_set), 8, 0, 0, DistInfo())
 
     @torch.no_grad()
     def training_loss() -> float:
@@ -80,7 +82,7 @@ def test_training_lowers_the_loss(synth_dataset: Path, tmp_path: Path) -> None:
         # statistics far from converged, which says nothing about whether the loss fell
         model.train()
         total = 0.0
-        for batch in engine.make_loader(train_set, batches, 0, device):
+        for batch in make_loader(train_set, batches, 0, device):
             batch = eval_transform(batch)
             left, right = engine.model_inputs(model, batch, False)
             out = model(left, right, batch["left_present"], batch["right_present"])
@@ -88,12 +90,12 @@ def test_training_lowers_the_loss(synth_dataset: Path, tmp_path: Path) -> None:
         return total / len(batches)
 
     before = training_loss()
-    optimizer = engine.build_optimizer(model, cfg, backbone_pretrained=False)
-    scheduler = engine.build_scheduler(optimizer, cfg, len(batches))
+    optimizer = build_optimizer(model, cfg, backbone_pretrained=False)
+    scheduler = build_scheduler(optimizer, cfg, len(batches))
     # From scratch, AdamW's first steps overshoot (the loss rises in epoch 1); a few epochs of 4
     # steps bring it clearly below where it started.
     for epoch in range(6):
-        loader = engine.make_loader(train_set, batches, 0, device)
+        loader = make_loader(train_set, batches, 0, device)
         engine.train_one_epoch(
             model, criterion, optimizer, scheduler, loader, device, epoch, cfg, DistInfo(), progress=False
         )
@@ -112,7 +114,7 @@ def test_resume_after_kill_matches_uninterrupted_run(
 
     from eyefuse.data.splits import read_split
     from eyefuse.train.distributed import DistInfo
-    from eyefuse.train.engine import epoch_batches
+    from eyefuse.train.run_data import epoch_batches
 
     n_train = sum(1 for split in read_split(tiny_run / "split.csv").values() if split == "train")
     steps = len(epoch_batches(n_train, 8, 0, 0, DistInfo()))
@@ -260,7 +262,7 @@ def test_epoch_batches_split_the_epoch_between_ranks(n: int) -> None:
     of the epoch apart from the padding that evens them out, together covering every patient; step k
     of the two ranks together is step k of one process with twice the batch."""
     from eyefuse.train.distributed import DistInfo
-    from eyefuse.train.engine import epoch_batches
+    from eyefuse.train.run_data import epoch_batches
 
     for epoch in range(3):
         ranks = [epoch_batches(n, 4, 7, epoch, DistInfo(rank=r, world_size=2)) for r in range(2)]
@@ -290,7 +292,7 @@ def test_ddp_two_ranks_equal_one_process_with_twice_the_batch(tmp_path: Path) ->
     sys.path.insert(0, str(Path(__file__).parent))
     import ddp_equivalence_worker as worker
     from eyefuse.train.distributed import DistInfo
-    from eyefuse.train.engine import epoch_batches
+    from eyefuse.train.run_data import epoch_batches
 
     cmd = [
         str(Path(sys.executable).with_name("torchrun")),
@@ -340,6 +342,7 @@ def test_non_finite_loss_is_reported_with_its_step() -> None:
     from eyefuse.models import build_model
     from eyefuse.train import engine
     from eyefuse.train.distributed import DistInfo
+    from eyefuse.train.setup import build_optimizer, build_scheduler
 
     cfg = load_config("demo", [*TINY, "preprocess.size=32"])
     torch.manual_seed(0)
@@ -366,8 +369,8 @@ def test_non_finite_loss_is_reported_with_its_step() -> None:
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
         return loss * float("nan") if len(calls) == 2 else loss
 
-    optimizer = engine.build_optimizer(model, cfg, backbone_pretrained=False)
-    scheduler = engine.build_scheduler(optimizer, cfg, 3)
+    optimizer = build_optimizer(model, cfg, backbone_pretrained=False)
+    scheduler = build_scheduler(optimizer, cfg, 3)
     loader = [batch() for _ in range(3)]
     with pytest.raises(EyefuseError, match="loss became non-finite at epoch 1, step 2"):
         engine.train_one_epoch(
@@ -386,7 +389,7 @@ def test_non_finite_loss_is_reported_with_its_step() -> None:
 
 
 def test_selection_score_orders_every_metric_higher_is_better() -> None:
-    from eyefuse.train.engine import selection_score
+    from eyefuse.train.state import selection_score
 
     good, bad = {"val_loss": 0.2, "val_final": 0.7}, {"val_loss": 0.5, "val_final": 0.6}
     assert selection_score(good, "val_loss") > selection_score(bad, "val_loss")

@@ -91,7 +91,8 @@ def predict_split(
     from eyefuse.data.splits import apply_split
     from eyefuse.eval.calibration import calibrated_probabilities
     from eyefuse.train import checkpoint as ckpt
-    from eyefuse.train.engine import evaluate, load_model, prepared_loader
+    from eyefuse.train.engine import evaluate, load_model
+    from eyefuse.train.run_data import prepared_loader
 
     ckpt_dir = ckpt.resolve_checkpoint_dir(checkpoint)
     meta = ckpt.read_meta(ckpt_dir)
