@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from eyefuse.errors import CheckpointError
+from eyefuse.models import checkpoint as owner
 from eyefuse.train import checkpoint as ckpt
 
 
@@ -40,7 +41,7 @@ def test_train_state_round_trip(tmp_path) -> None:
         assert torch.equal(opt_back["state"][0][k], v)
     model = torch.nn.Linear(3, 2)
     torch.optim.AdamW(model.parameters(), lr=0.1).load_state_dict(opt_back)
-    assert torch.equal(ckpt.load_model_state(tmp_path / "last")["w"], weights["w"])
+    assert torch.equal(owner.load_model_state(tmp_path / "last")["w"], weights["w"])
     # nothing in the folder is a pickle
     assert sorted(p.name for p in (tmp_path / "last").iterdir()) == [
         "meta.json",
@@ -54,31 +55,31 @@ def test_swap_replaces_and_recovers(tmp_path) -> None:
     meta = {"config": {}, "label_names": ["N"]}
     ckpt.save_checkpoint(tmp_path / "best", {"w": torch.zeros(1)}, {**meta, "epoch": 1})
     ckpt.save_checkpoint(tmp_path / "best", {"w": torch.ones(1)}, {**meta, "epoch": 2})
-    assert ckpt.read_meta(tmp_path / "best")["epoch"] == 2
+    assert owner.read_meta(tmp_path / "best")["epoch"] == 2
     assert not any(p.name.startswith(".best") for p in tmp_path.iterdir())
     # a kill between the two renames leaves only the previous version under .best.old
     (tmp_path / "best").rename(tmp_path / ".best.old")
-    assert ckpt.read_meta(tmp_path / "best")["epoch"] == 2
+    assert owner.read_meta(tmp_path / "best")["epoch"] == 2
     # a run folder resolves to its best checkpoint
     (tmp_path / ".best.old").rename(tmp_path / "best")
-    assert ckpt.resolve_checkpoint_dir(tmp_path) == tmp_path / "best"
+    assert owner.resolve_checkpoint_dir(tmp_path) == tmp_path / "best"
 
 
 def test_bad_checkpoints_are_refused(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
-        ckpt.read_meta(tmp_path / "missing")
+        owner.read_meta(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="not an eyefuse checkpoint"):
-        ckpt.read_meta(tmp_path / "empty")
+        owner.read_meta(tmp_path / "empty")
     d = tmp_path / "bad"
     d.mkdir()
     (d / "meta.json").write_text(json.dumps({"hello": 1}))
     with pytest.raises(CheckpointError, match="no config/label_names"):
-        ckpt.read_meta(d)
+        owner.read_meta(d)
     (d / "meta.json").write_text(json.dumps({"config": {}, "label_names": []}))
     (d / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="unreadable weights"):
-        ckpt.load_model_state(d)
+        owner.load_model_state(d)
     with pytest.raises(CheckpointError, match="no training state"):
         ckpt.load_train_state(d)
 
@@ -86,8 +87,8 @@ def test_bad_checkpoints_are_refused(tmp_path) -> None:
 def test_update_meta(tmp_path) -> None:
     ckpt.save_checkpoint(tmp_path / "best", {"w": torch.zeros(1)}, {"config": {}, "label_names": ["N"]})
     ckpt.update_meta(tmp_path / "best", thresholds=[0.3])
-    meta = ckpt.read_meta(tmp_path / "best")
-    assert meta["thresholds"] == [0.3] and meta["format_version"] == ckpt.FORMAT_VERSION
+    meta = owner.read_meta(tmp_path / "best")
+    assert meta["thresholds"] == [0.3] and meta["format_version"] == owner.FORMAT_VERSION
     assert ckpt.package_versions()["torch"] == torch.__version__
 
 

@@ -329,7 +329,7 @@ def test_dir_takes_every_format_left_takes(tmp_path: Path) -> None:
 
 
 def test_evaluate_defaults_to_a_split_the_dataset_has() -> None:
-    from eyefuse.eval.evaluate import default_split
+    from eyefuse.workflows.evaluate import default_split
 
     assert build_parser().parse_args(["evaluate", "--run", "r", "--out", "o"]).split is None
     assert default_split({"train": 1, "val": 1, "offsite": 1, "onsite": 1}) == "offsite"  # official test

@@ -43,8 +43,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_thresholds_are_fitted_on_validation_only(tiny_run: tuple[Path, Path]) -> None:
     from eyefuse.config import EvalConfig
     from eyefuse.eval.calibration import fit_calibration
-    from eyefuse.eval.evaluate import predict_split
-    from eyefuse.train.checkpoint import read_meta
+    from eyefuse.models.checkpoint import read_meta
+    from eyefuse.workflows.evaluate import predict_split
 
     _, run = tiny_run
     meta = read_meta(run / "best")
@@ -62,8 +62,8 @@ def test_thresholds_are_fitted_on_validation_only(tiny_run: tuple[Path, Path]) -
 @pytest.mark.slow
 def test_evaluate_writes_report_and_official_csv(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
     from eyefuse.cli import main
-    from eyefuse.eval.evaluate import run_evaluate
     from eyefuse.eval.score import score_files
+    from eyefuse.workflows.evaluate import run_evaluate
 
     data, run = tiny_run
     summary = run_evaluate(run, split="offsite", out=tmp_path / "rep", progress=False)
@@ -89,7 +89,7 @@ def test_evaluate_writes_report_and_official_csv(tiny_run: tuple[Path, Path], tm
 
 @pytest.mark.slow
 def test_evaluate_refuses_the_calibration_split(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
-    from eyefuse.eval.evaluate import run_evaluate
+    from eyefuse.workflows.evaluate import run_evaluate
 
     _, run = tiny_run
     with pytest.raises(ConfigError, match="fitted on the 'val' split"):
@@ -104,7 +104,7 @@ def test_evaluate_refuses_the_calibration_split(tiny_run: tuple[Path, Path], tmp
 
 @pytest.mark.slow
 def test_ablation_runs_and_resumes(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
-    from eyefuse.eval.ablation import run_ablation
+    from eyefuse.workflows.ablation import run_ablation
 
     data, _ = tiny_run
     grid = tmp_path / "grid.yaml"
@@ -128,7 +128,7 @@ def test_ablation_runs_and_resumes(tiny_run: tuple[Path, Path], tmp_path: Path) 
 
 
 def test_ablation_grid_errors(tmp_path: Path) -> None:
-    from eyefuse.eval.ablation import grid_cells, load_grid
+    from eyefuse.workflows.ablation import grid_cells, load_grid
 
     cells = grid_cells(load_grid("paper"))
     names = [c.name for c in cells]

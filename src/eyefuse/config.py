@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from eyefuse.errors import ConfigError
+from eyefuse.utils.io import atomic_write_text
 
 ENHANCE_CHOICES = ("graham", "clahe", "none")
 #: validation figures that may choose the best checkpoint (`train.select_metric`)
@@ -469,8 +470,6 @@ def apply_override(cfg: Config, item: str) -> None:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically."""
-    from eyefuse.utils.io import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 

@@ -25,17 +25,12 @@ distributed) augmentations. Without a generator torch's global RNG of that devic
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from eyefuse.config import AugmentConfig
 from eyefuse.errors import ConfigError
-
-#: ImageNet channel statistics on a 0..1 scale (the pretrained backbones expect them).
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 #: Range of the Gaussian blur sigma, in pixels, and the kernel radius that covers it to 2 sigma.
 BLUR_SIGMA: tuple[float, float] = (0.1, 1.5)
@@ -66,20 +61,6 @@ def check_augment_config(cfg: AugmentConfig) -> None:
             raise ConfigError(f"augment.{name} is a probability and must be in [0, 1], not {value}")
     if cfg.flip not in ("mirror_swap", "none"):
         raise ConfigError(f"augment.flip must be one of mirror_swap, none, not {cfg.flip!r}")
-
-
-def normalize(
-    x: torch.Tensor,
-    mean: Sequence[float] | torch.Tensor = IMAGENET_MEAN,
-    std: Sequence[float] | torch.Tensor = IMAGENET_STD,
-) -> torch.Tensor:
-    """Map float images on a 0..255 scale (`... x C x H x W`) to `(x / 255 - mean) / std` per channel.
-
-    `mean` and `std` are on a 0..1 scale, as timm and torchvision publish them (tuples or tensors).
-    """
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).reshape(-1, 1, 1) * 255.0
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).reshape(-1, 1, 1) * 255.0
-    return (x - m) / s
 
 
 def eval_transform(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -239,11 +220,8 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = BLUR_RADIU
 
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "augment_batch",
     "check_augment_config",
     "eval_transform",
     "gaussian_blur",
-    "normalize",
 ]

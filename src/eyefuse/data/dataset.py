@@ -27,7 +27,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from eyefuse.data.preprocess import PreprocessError
 from eyefuse.errors import DataError
+from eyefuse.utils.io import atomic_write_text
 
 if TYPE_CHECKING:
     from eyefuse.data.odir import Patient
@@ -103,8 +105,6 @@ def write_set_aside(path: str | Path, rows: Sequence[tuple[Patient, str, str]]) 
     import csv
     import io
 
-    from eyefuse.utils.io import atomic_write_text
-
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(SET_ASIDE_COLUMNS)
@@ -126,8 +126,6 @@ def describe_set_aside(rows: Sequence[tuple[Patient, str, str]], where: str | Pa
 
 def _default_load_errors() -> tuple[type[BaseException], ...]:
     # Imported here so that this module does not need the preprocessing stack at import time.
-    from eyefuse.data.preprocess import PreprocessError
-
     return (PreprocessError,)
 
 

@@ -2,7 +2,8 @@
 
 Use `build_model(cfg, label_names)`; it validates the settings, builds `BinocularNet` and loads the
 backbone weights (timm's hub download or a local file). Inputs are two float batches ``B x 3 x H x W``
-normalised with ``model.mean``/``model.std`` (``model.normalize`` does it from 0-255 pixels).
+normalised with ``model.mean``/``model.std`` (`eyefuse.models.inputs.model_inputs` makes them from 0-255
+pixels).
 """
 
 from __future__ import annotations
@@ -26,15 +27,12 @@ from eyefuse.models.backbone import (
     read_state_dict,
 )
 from eyefuse.models.fusion import FUSION_TYPES, create_fusion, global_pool
+from eyefuse.models.inputs import IMAGENET_MEAN, IMAGENET_STD
 
 HEADS: dict[str, str] = HEAD_CHOICES
 
 #: The label that means "nothing found": under the ODIR rule a patient has it only when both eyes do.
 NORMAL_LABEL = "N"
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 class BinocularNet(nn.Module):
     """Two eyes -> patient logits, after Li et al. 2022 (ResNet-50 + attention, fusion, 8 labels).
@@ -228,15 +226,6 @@ class BinocularNet(nn.Module):
     def ranking_probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Per-label probabilities for ranking metrics (AUROC, AUPRC): see `ranking_probabilities`."""
         return ranking_probabilities(logits, self.cfg.head)
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """0-255 pixels (uint8 or float, ``[B x] 3 x H x W``, RGB) -> the model's normalised float input."""
-        if x.ndim not in (3, 4) or x.shape[-3] != 3:
-            raise ValueError(f"expected [B x] 3 x H x W RGB images, got shape {tuple(x.shape)}")
-        x = x.float() / 255.0
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
-        return (x - mean) / std
 
     def spatial_attention_maps(self) -> dict[str, dict[str, torch.Tensor]]:
         """The last forward pass's spatial attention maps, per eye.

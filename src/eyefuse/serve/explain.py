@@ -45,14 +45,9 @@ from eyefuse import ODIR_LABEL_NAMES, ODIR_LABELS
 from eyefuse.config import PreprocessConfig
 from eyefuse.data.preprocess import fov_square
 from eyefuse.errors import CheckpointError, ConfigError, DataError
-from eyefuse.serve.predict import (
-    SIDES,
-    EyeSource,
-    Predictor,
-    calibrated_probabilities,
-    pair_id_from_files,
-    thresholds_from_meta,
-)
+from eyefuse.models.checkpoint import DEFAULT_THRESHOLD, calibrated_probabilities
+from eyefuse.models.inputs import model_inputs
+from eyefuse.serve.predict import SIDES, EyeSource, Predictor, pair_id_from_files
 from eyefuse.utils.io import atomic_write_bytes, atomic_write_json
 
 #: Weight of the heat map in the overlay (the photograph gets 1 - OVERLAY_ALPHA).
@@ -282,14 +277,15 @@ def explain_pair(
             raise CheckpointError(
                 f"{predictor.source}: Grad-CAM needs the PyTorch checkpoint (gradients), not an ONNX export"
             )
-        model, meta = predictor.model, predictor.meta
+        model = predictor.model
+        head, temperatures = predictor.head, predictor.temperatures
         size: int | None = predictor.preprocess.size
         thresholds = predictor.thresholds
-    else:
+    else:  # a bare model: no calibration (T = 1) and the default threshold
         model = predictor_or_model
-        meta = {"head": model.cfg.head, "temperatures": None, "thresholds": None}
+        head, temperatures = model.cfg.head, None
         size = None
-        thresholds = thresholds_from_meta(meta, model.label_names)
+        thresholds = np.full(len(model.label_names), DEFAULT_THRESHOLD)
     label_names = tuple(model.label_names)
     fovs: dict[str, Any] = {"left": None, "right": None}
     if all(s is None or isinstance(s, np.ndarray) for s in (left, right)):
@@ -313,18 +309,12 @@ def explain_pair(
             raise DataError(f"patient {patient_id}: {prepared.error}")
         images, fovs, warnings = prepared.images, prepared.fovs, list(prepared.warnings)
 
-    from eyefuse.data.augment import normalize
-
     device = next(model.parameters()).device
-    batch = []
+    eyes = []
     for side in SIDES:
         img = images[side]
-        arr = np.zeros((3, size, size), np.uint8) if img is None else img.transpose(2, 0, 1)
-        batch.append(
-            normalize(
-                torch.from_numpy(np.ascontiguousarray(arr))[None].to(device).float(), model.mean, model.std
-            )
-        )
+        eyes.append((np.zeros((3, size, size), np.uint8) if img is None else img.transpose(2, 0, 1))[None])
+    batch = model_inputs(model, eyes[0], eyes[1])
     present = [torch.tensor([images[s] is not None], device=device) for s in SIDES]
 
     model.eval()
@@ -334,7 +324,7 @@ def explain_pair(
         # One forward pass serves every label: the default labels are read from its own output.
         out = model(batch[0], batch[1], present[0], present[1], return_features=True)
         logits = out["logits"].detach().float()
-        prob = calibrated_probabilities(logits, meta, model.probabilities)[0].cpu().numpy()
+        prob = calibrated_probabilities(logits, head, temperatures)[0].cpu().numpy()
         if chosen is None:
             chosen = [k for k, p, t in zip(label_names, prob, thresholds, strict=True) if p > t]
             chosen = chosen or [label_names[int(np.argmax(prob))]]

@@ -1,5 +1,5 @@
 """Training and validation, readable top to bottom (after torchvision's classification reference):
-`train_one_epoch`, `evaluate`, `fit`.
+`train_one_epoch`, `predict_dataset` (the validation pass), `fit`.
 
 Reproducibility: every random choice of an epoch (patient order, augmentation, dropout) is seeded
 from (seed, epoch, rank) at the start of that epoch, not drawn from a stream that runs across
@@ -16,6 +16,7 @@ import hashlib
 import io
 import math
 import os
+import random
 import shutil
 import signal
 import time
@@ -28,9 +29,28 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
-from eyefuse.config import Config, config_from_dict, resume_config, save_config
+from eyefuse.config import Config, resume_config, save_config
+from eyefuse.data.augment import augment_batch, eval_transform
+from eyefuse.data.cache import PreprocessCache, prepare_images
+from eyefuse.data.dataset import (
+    PairDataset,
+    TensorCache,
+    describe_set_aside,
+    set_aside_reasons,
+    usable_patients,
+    write_set_aside,
+)
+from eyefuse.data.odir import load_dataset
+from eyefuse.data.prepare import default_cache_dir
+from eyefuse.data.preprocess import PreprocessError
+from eyefuse.data.splits import apply_split, split_dataset
 from eyefuse.errors import ConfigError, EyefuseError
+from eyefuse.eval.calibration import fit_calibration, scores_from_logits
+from eyefuse.models import build_model
+from eyefuse.models.checkpoint import load_model, load_model_state, read_meta
+from eyefuse.models.inputs import model_inputs
 from eyefuse.train import checkpoint as ckpt
 from eyefuse.train.distributed import (
     DistInfo,
@@ -44,6 +64,7 @@ from eyefuse.train.distributed import (
     shard_indices,
     shutdown_distributed,
 )
+from eyefuse.train.losses import create_loss, masked_bce
 from eyefuse.utils.io import atomic_write_text, sha256_file, writable_dir_problem
 
 METRIC_COLUMNS = (
@@ -97,8 +118,6 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0, stream: int = 0) -> int:
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
-    import random
-
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -124,8 +143,6 @@ class CachedLoader:
     def __call__(self, path: Path) -> np.ndarray:
         reason = self.failed.get(str(path))
         if reason is not None:
-            from eyefuse.data.preprocess import PreprocessError  # only on the rare failed eye
-
             raise PreprocessError(path, reason)
         return self.cache.load(path)
 
@@ -137,9 +154,6 @@ def prepared_loader(
     preprocessing settings, and return the loader that reads them back. Used by training and by
     evaluation, so both read the same cache the same way. `loader.failed` names the eyes that
     failed (path -> reason), so callers can set aside patients left without a usable eye."""
-    from eyefuse.data.cache import PreprocessCache, prepare_images
-    from eyefuse.data.prepare import default_cache_dir
-
     cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else default_cache_dir(root)
     paths = sorted({str(p.eye_path(s)) for p in patients for s in ("left", "right") if p.eye_path(s)})
     failed: dict[str, str] = {}
@@ -171,8 +185,6 @@ class RunData:
     set_aside_file: Path | None = None
 
     def summary(self) -> str:
-        from eyefuse.data.dataset import describe_set_aside
-
         parts = [f"{name} {len(p)}" for name, p in self.splits.items()]
         text = "patients: " + ", ".join(parts)
         if self.failed_images:
@@ -186,10 +198,6 @@ def load_run_data(cfg: Config, run_dir: Path, info: DistInfo, progress: bool) ->
     """Load the dataset, make or read the split (saved in the run folder), prepare the cache, and
     set aside (count, list in `set_aside.csv`) every patient of every split whose eyes are all
     missing, excluded or failed preprocessing, before any epoch starts."""
-    from eyefuse.data.dataset import set_aside_reasons, usable_patients, write_set_aside
-    from eyefuse.data.odir import load_dataset
-    from eyefuse.data.splits import apply_split, split_dataset
-
     if not cfg.data.root:
         raise ConfigError("no dataset: pass --data DIR (or set data.root)")
     dataset = load_dataset(cfg.data.root, problem_images=cfg.data.problem_images)
@@ -364,28 +372,10 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def model_inputs(
-    model: nn.Module, batch: dict[str, torch.Tensor], channels_last: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised float images for the model from a (possibly augmented) batch."""
-    from eyefuse.data.augment import normalize
-
-    core = _unwrap(model)
-    out = []
-    for side in ("left", "right"):
-        x = normalize(batch[side].float(), core.mean, core.std)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out.append(x)
-    return out[0], out[1]
-
-
 def compute_loss(
     outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], criterion: nn.Module, cfg: Config
 ) -> torch.Tensor:
     """Patient loss plus, with per-eye auxiliary heads, the masked per-eye loss."""
-    from eyefuse.train.losses import masked_bce
-
     loss = criterion(outputs["logits"].float(), batch["labels"])
     if "left_logits" in outputs and cfg.loss.aux_weight > 0:
         known = batch["eye_labels_known"]
@@ -434,10 +424,6 @@ def train_one_epoch(
     the next check. Images per second cover the whole epoch, from asking for the first batch until
     the device has finished the last step (the same quantity bench_train.py measures for the model
     alone, plus loading and augmentation)."""
-    from tqdm import tqdm
-
-    from eyefuse.data.augment import augment_batch
-
     model.train()
     torch.manual_seed(epoch_seed(cfg.train.seed, epoch, info.rank, stream=1))  # dropout etc.
     gen = torch.Generator(device=device)
@@ -468,7 +454,9 @@ def train_one_epoch(
     for batch in bar:
         batch = _to_device(batch, device)
         batch = augment_batch(batch, cfg.augment, generator=gen)
-        left, right = model_inputs(model, batch, cfg.train.channels_last)
+        left, right = model_inputs(
+            model, batch["left"], batch["right"], channels_last=cfg.train.channels_last
+        )
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             outputs = model(left, right, batch["left_present"], batch["right_present"])
         loss = compute_loss(outputs, batch, criterion, cfg)
@@ -507,7 +495,7 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(
+def predict_dataset(
     model: nn.Module,
     dataset: Dataset,
     device: torch.device,
@@ -518,8 +506,6 @@ def evaluate(
     """Logits for every patient of `dataset`, exactly once across ranks (strided shards, no padding),
     gathered in dataset order on every rank. Returns `logits`, `labels`, `loss` (when a criterion
     is given)."""
-    from eyefuse.data.augment import eval_transform
-
     model.eval()
     idx = shard_indices(len(dataset), info)
     bs = cfg.train.batch_size * 2
@@ -532,7 +518,9 @@ def evaluate(
     loss_sum = torch.zeros((), device=device)
     for batch in loader:
         batch = eval_transform(_to_device(batch, device))
-        left, right = model_inputs(model, batch, cfg.train.channels_last)
+        left, right = model_inputs(
+            model, batch["left"], batch["right"], channels_last=cfg.train.channels_last
+        )
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             outputs = model(left, right, batch["left_present"], batch["right_present"])
         logits = outputs["logits"].float()
@@ -558,8 +546,6 @@ def evaluate(
 def validation_scores(model: nn.Module, result: dict[str, Any]) -> dict[str, float]:
     """Official ODIR score (at 0.5, as the challenge defines it) and macro AUROC of a validation pass,
     scored as evaluation scores (`eyefuse.eval.calibration.scores_from_logits`)."""
-    from eyefuse.eval.calibration import scores_from_logits
-
     official = scores_from_logits(result["labels"].astype(int), result["logits"], _unwrap(model).cfg.head)
     return {
         "val_loss": result["loss"],
@@ -631,10 +617,6 @@ def fit(
     """Train `cfg` into `run_dir` (config.yaml, split.csv, metrics.csv, best/, last/); with `resume`
     continue from `run_dir/last`. At the end, fit thresholds and temperatures on the validation split
     and store them in `best`."""
-    from eyefuse.data.dataset import PairDataset, TensorCache
-    from eyefuse.models import build_model
-    from eyefuse.train.losses import create_loss
-
     run_dir = Path(run_dir)
     cfg.validate()  # before anything is written: a refused config leaves no run folder behind
     if resume and not (run_dir / "last").exists():
@@ -689,7 +671,7 @@ def fit(
         history: list[dict[str, float]] = []
         if resume:
             state = ckpt.load_train_state(run_dir / "last")
-            model.load_state_dict(ckpt.load_model_state(run_dir / "last"))
+            model.load_state_dict(load_model_state(run_dir / "last"))
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             if scaler is not None and state.get("scaler"):
@@ -757,7 +739,7 @@ def fit(
             if ema is not None:
                 broadcast_buffers(ema.module, info)
             eval_model = ema.module if ema is not None else model
-            result = evaluate(eval_model, val_set, device, cfg, info, criterion)
+            result = predict_dataset(eval_model, val_set, device, cfg, info, criterion)
             scores = validation_scores(eval_model, result)
             row = {
                 "epoch": epoch + 1,
@@ -875,11 +857,9 @@ def _meta_base(cfg: Config, data: RunData, model: nn.Module) -> dict[str, Any]:
 def calibrate_checkpoint(path: Path, val_set: Dataset, device: torch.device, cfg: Config) -> dict[str, Any]:
     """Fit per-class temperatures and thresholds on the validation split with the checkpoint's own
     weights, and store them (with the split they were fitted on) in its metadata."""
-    from eyefuse.eval.calibration import fit_calibration
-
     print(f"calibration: fitting thresholds and temperatures on {len(val_set)} validation patients")
     model = load_model(path, device=device)
-    result = evaluate(model, val_set, device, cfg)
+    result = predict_dataset(model, val_set, device, cfg)
     calib = fit_calibration(
         result["labels"].astype(int),
         result["logits"],
@@ -887,36 +867,13 @@ def calibrate_checkpoint(path: Path, val_set: Dataset, device: torch.device, cfg
         cfg=cfg.eval,
         label_names=list(model.label_names),
     )
-    meta = ckpt.read_meta(path)
+    meta = read_meta(path)
     fields = {
         **calib,
         "calibration_split": {"name": "val", "file": meta["split_file"], "hash": meta["split_hash"]},
     }
     ckpt.update_meta(path, **fields)
     return fields
-
-
-def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild a model from a checkpoint folder (config + label names from meta.json, weights from
-    safetensors) in eval mode."""
-    from eyefuse.errors import CheckpointError
-    from eyefuse.models import build_model
-
-    meta = ckpt.read_meta(path)
-    cfg = config_from_dict(meta["config"])
-    model = build_model(cfg.model, meta["label_names"], load_weights=False)  # the checkpoint holds them all
-    state = ckpt.load_model_state(path)
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        raise CheckpointError(f"{path}: weights do not fit the model its config describes: {e}") from e
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: weights do not match the model in its config "
-            f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})"
-        )
-    model.to(device).eval()
-    return model
 
 
 def write_metrics_csv(path: Path, history: list[dict[str, float]]) -> None:
