@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,3 +109,69 @@ def test_checkpoint_meta_records_the_models_own_normalisation() -> None:
     assert meta["config"]["preprocess"] == meta["preprocess"]
     assert meta["thresholds"] is None and meta["temperatures"] is None
     json.dumps(meta)  # written as JSON
+
+
+# --- the typed metadata and the one calibration (eyefuse.models.checkpoint) -------------------------
+
+
+def test_checkpoint_meta_reads_an_old_checkpoint_with_defaults(tmp_path) -> None:
+    """A checkpoint written before thresholds, temperatures and run records existed: the head comes
+    from the config, no calibration applies (T = 1, threshold 0.5) and absent records are None."""
+    old = {"config": {"model": {"head": "sigmoid", "fusion": "ffm"}}, "label_names": ["A", "B"]}
+    ckpt.save_checkpoint(tmp_path / "best", {"w": torch.zeros(1)}, old)
+    meta = owner.CheckpointMeta.read(tmp_path)  # a run folder -> its best
+    assert meta.label_names == ("A", "B") and meta.head == "sigmoid" and meta.fusion == "ffm"
+    assert meta.thresholds is None and meta.temperatures is None and not meta.thresholds_fitted
+    assert meta.epoch is None and meta.versions is None and meta.calibration_split_name is None
+    assert meta.threshold_array().tolist() == [0.5, 0.5] and meta.temperature_array().tolist() == [1.0, 1.0]
+    assert meta.format_version == owner.FORMAT_VERSION
+
+
+def test_checkpoint_meta_types_every_field_it_is_given() -> None:
+    raw = {
+        "config": {"model": {"head": "softmax"}},
+        "label_names": ["A", "B", "C"],
+        "thresholds": {"A": 0.2, "B": 0.3, "C": 0.9},  # a label -> value mapping is read in label order
+        "temperatures": {"temperatures": [2.0]},  # a stored TemperatureFit
+        "calibration_split": {"name": "val"},
+        "calibration_warnings": ["class C: no positive patient"],
+        "threshold_method": "f1",
+        "epoch": 4,
+        "versions": {"torch": "x"},
+    }
+    meta = owner.CheckpointMeta.from_dict(raw)
+    assert meta.head == "softmax" and meta.thresholds == (0.2, 0.3, 0.9) and meta.temperatures == (2.0,)
+    assert meta.thresholds_fitted and meta.calibrated and meta.calibration_split_name == "val"
+    assert meta.calibration_warnings == ("class C: no positive patient",) and meta.epoch == 4
+    with pytest.raises(CheckpointError, match="no valid model head"):
+        owner.CheckpointMeta.from_dict({**raw, "config": {"model": {"head": "tanh"}}})
+    with pytest.raises(CheckpointError, match="lack label"):
+        owner.CheckpointMeta.from_dict({**raw, "thresholds": {"A": 0.2}})
+    with pytest.raises(CheckpointError, match="one shared temperature"):
+        owner.CheckpointMeta.from_dict({**raw, "temperatures": [1.0, 2.0]})
+
+
+def test_calibrate_applies_temperatures_head_rule_and_thresholds() -> None:
+    logits = np.array([[2.0, -1.0, 0.0], [0.5, 0.5, -3.0]])
+    sigmoid = owner.CheckpointMeta.from_dict(
+        {"head": "sigmoid", "label_names": ["A", "B", "C"], "temperatures": [2.0, 1.0, 0.5]}
+    )
+    out = owner.calibrate(logits, sigmoid)
+    expected = 1 / (1 + np.exp(-logits / np.array([2.0, 1.0, 0.5])))
+    np.testing.assert_allclose(out.prob, expected)
+    np.testing.assert_allclose(out.rank_prob, expected)
+    assert out.thresholds.tolist() == [0.5] * 3  # none fitted: 0.5
+    np.testing.assert_array_equal(out.decisions, expected > 0.5)
+    softmax = owner.CheckpointMeta.from_dict(
+        {"head": "softmax", "label_names": ["A", "B", "C"], "temperatures": [2.0], "thresholds": [0.9] * 3}
+    )
+    out = owner.calibrate(torch.from_numpy(logits), softmax)  # a tensor in: the same numbers
+    p = np.exp(logits / 2.0) / np.exp(logits / 2.0).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(out.rank_prob, p)
+    np.testing.assert_allclose(out.prob, p / p.max(axis=1, keepdims=True))  # p / max p decides
+    np.testing.assert_array_equal(out.decisions, out.prob > 0.9)
+    assert out.decisions[1].tolist() == [True, True, False]  # two labels tied at the top: both
+    t = torch.tensor(logits, dtype=torch.float32)
+    as_tensor = owner.calibrated_probabilities(t, "softmax", [2.0])
+    assert isinstance(as_tensor, torch.Tensor) and as_tensor.dtype == torch.float32
+    np.testing.assert_allclose(as_tensor.numpy(), out.prob, atol=1e-6)
