@@ -49,7 +49,7 @@ from eyefuse.data.splits import apply_split, split_dataset
 from eyefuse.errors import ConfigError, EyefuseError
 from eyefuse.eval.calibration import fit_calibration, scores_from_logits
 from eyefuse.models import build_model
-from eyefuse.models.checkpoint import load_model, load_model_state, read_meta
+from eyefuse.models.checkpoint import CheckpointMeta, load_model, load_model_state
 from eyefuse.models.inputs import model_inputs
 from eyefuse.train import checkpoint as ckpt
 from eyefuse.train.distributed import (
@@ -867,10 +867,10 @@ def calibrate_checkpoint(path: Path, val_set: Dataset, device: torch.device, cfg
         cfg=cfg.eval,
         label_names=list(model.label_names),
     )
-    meta = read_meta(path)
+    meta = CheckpointMeta.read(path)
     fields = {
         **calib,
-        "calibration_split": {"name": "val", "file": meta["split_file"], "hash": meta["split_hash"]},
+        "calibration_split": {"name": "val", "file": meta.split_file, "hash": meta.split_hash},
     }
     ckpt.update_meta(path, **fields)
     return fields
