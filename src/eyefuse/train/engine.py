@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -663,8 +664,6 @@ def fit(
         scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
         ema = None
         if cfg.train.ema:
-            from timm.utils import ModelEmaV3
-
             ema = ModelEmaV3(model, decay=cfg.train.ema_decay)
 
         start_epoch, best_score, best_epoch, bad_epochs = 0, -math.inf, -1, 0
