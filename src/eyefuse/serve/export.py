@@ -284,7 +284,7 @@ def export_onnx(
             "decision_rule": "a label is positive when its probability > its threshold",
             "thresholds": [float(t) for t in thresholds],
             "thresholds_fitted": meta.thresholds_fitted,
-            "temperatures": meta.raw.get("temperatures"),
+            "temperatures": list(meta.temperatures) if meta.temperatures is not None else None,
             "temperatures_applied_in_graph": True,
             "calibration_split": meta.calibration_split,
             "config": meta.config,

@@ -286,7 +286,7 @@ def run_evaluate(
         "checkpoint_epoch": sp.meta.epoch,
         "calibration_split": fitted_on,
         "threshold_method": sp.meta.threshold_method,
-        "temperatures": sp.meta.raw.get("temperatures"),
+        "temperatures": list(sp.meta.temperatures) if sp.meta.calibrated else None,
         "scores": {
             **SCORE_SOURCES[sp.head],
             "official": "kappa and F1: decisions > 0.5 (not the fitted thresholds); AUC: ranking, pooled",
