@@ -343,7 +343,12 @@ def test_calibration_warnings_are_printed_after_training(
     from eyefuse.cli import _print_calibration
 
     (tmp_path / "best").mkdir()
-    meta = {"thresholds": [0.5] * 8, "calibration_warnings": ["class G: no positive patient in validation"]}
+    meta = {
+        "config": {"model": {"head": "sigmoid"}},
+        "label_names": list("NDGCAHMO"),
+        "thresholds": [0.5] * 8,
+        "calibration_warnings": ["class G: no positive patient in validation"],
+    }
     (tmp_path / "best" / "meta.json").write_text(json.dumps(meta))
     _print_calibration(tmp_path)
     out = capsys.readouterr().out
