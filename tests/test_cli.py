@@ -133,6 +133,13 @@ def test_unwritable_cache_names_the_option(
 ) -> None:
     """Running as root, chmod cannot make a folder read-only; a path under a regular file cannot be
     written by anyone, which is what a read-only dataset folder looks like to the cache."""
+    # Imported before `default_cache_dir` is patched below: a module first imported inside the patch
+    # would keep the patched function for the rest of the session.
+    from eyefuse.config import load_config
+    from eyefuse.errors import ConfigError
+    from eyefuse.train.distributed import DistInfo
+    from eyefuse.train.engine import load_run_data
+
     root = make_challenge(tmp_path / "data")
     blocker = tmp_path / "plain-file"
     blocker.write_text("x")
@@ -145,11 +152,6 @@ def test_unwritable_cache_names_the_option(
     rc, _, err = _run(["prepare", "--data", root, "--no-progress"], capsys)
     assert rc == EXIT_USAGE and "--cache-dir" in _one_line_error(err)
     # training reads the same cache: its message names data.cache_dir before any epoch
-    from eyefuse.config import load_config
-    from eyefuse.errors import ConfigError
-    from eyefuse.train.distributed import DistInfo
-    from eyefuse.train.engine import load_run_data
-
     cfg = load_config("demo", ["preprocess.size=64", f"data.cache_dir={blocker / 'cache'}"])
     cfg.data.root = str(root)
     with pytest.raises(ConfigError, match="data.cache_dir"):
