@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from eyefuse.eval.pointing import pointing_game_study
+from eyefuse.workflows.pointing import pointing_game_study
 
 
 def main() -> None:

@@ -9,15 +9,13 @@ import torch
 
 from eyefuse.config import AugmentConfig
 from eyefuse.data.augment import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     augment_batch,
     check_augment_config,
     eval_transform,
     gaussian_blur,
-    normalize,
 )
 from eyefuse.errors import ConfigError
+from eyefuse.models.inputs import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 B, S, L = 6, 32, 4
 

@@ -13,6 +13,7 @@ from eyefuse.config import Config, load_config
 from eyefuse.models import build_model
 from eyefuse.models.attention import CBAM, ResidualAttention, SpatialGate, SqueezeExcite
 from eyefuse.models.fusion import CrossAttentionFusion
+from eyefuse.models.inputs import model_inputs
 from eyefuse.train import engine
 from eyefuse.train.losses import AsymmetricLoss, BCEWithLogits, FocalLoss, SoftTargetCrossEntropy, create_loss
 from eyefuse.train.setup import build_optimizer
@@ -49,7 +50,7 @@ def _checked_step(
 ) -> None:
     """One bf16-autocast training step that fails on a non-finite loss or gradient (`where` names
     the preset and step in the message)."""
-    left, right = engine.model_inputs(model, batch, channels_last=channels_last)
+    left, right = model_inputs(model, batch["left"], batch["right"], channels_last=channels_last)
     with torch.autocast(device_type, dtype=torch.bfloat16):
         outputs = model(left, right, batch["left_present"], batch["right_present"])
     assert outputs["logits"].dtype == torch.bfloat16  # autocast really was on

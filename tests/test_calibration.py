@@ -112,9 +112,8 @@ def test_fit_calibration_matches_what_predict_applies() -> None:
     import torch
 
     from eyefuse.config import EvalConfig
-    from eyefuse.eval.calibration import calibrated_probabilities, fit_calibration
-    from eyefuse.models.binocular import head_probabilities
-    from eyefuse.serve.predict import calibrated_probabilities as predict_probabilities
+    from eyefuse.eval.calibration import fit_calibration
+    from eyefuse.models.checkpoint import CheckpointMeta, calibrated_probabilities
 
     rng = np.random.default_rng(0)
     truth = (rng.random((80, 4)) < 0.3).astype(int)
@@ -125,9 +124,11 @@ def test_fit_calibration_matches_what_predict_applies() -> None:
         assert len(fields["temperatures"]) == n_temps and len(fields["thresholds"]) == 4
         assert fields["threshold_method"] == "youden"
         ours = calibrated_probabilities(logits, head, fields["temperatures"])
-        meta = {"config": {"model": {"head": head}}, "head": head, "temperatures": fields["temperatures"]}
-        theirs = predict_probabilities(
-            torch.from_numpy(logits), meta, lambda z, head=head: head_probabilities(z, head)
-        ).numpy()
+        meta = CheckpointMeta.from_dict(
+            {"label_names": list("ABCD"), "head": head, "temperatures": fields["temperatures"]}
+        )
+        # What predict does: torch logits with the temperatures as the stored metadata reads back.
+        theirs = calibrated_probabilities(torch.from_numpy(logits), meta.head, meta.temperature_array())
+        theirs = theirs.numpy()
         np.testing.assert_allclose(ours, theirs, atol=1e-12)
         assert not np.allclose(ours, calibrated_probabilities(logits, head))  # temperatures did something

@@ -133,6 +133,13 @@ def test_unwritable_cache_names_the_option(
 ) -> None:
     """Running as root, chmod cannot make a folder read-only; a path under a regular file cannot be
     written by anyone, which is what a read-only dataset folder looks like to the cache."""
+    # Imported before `default_cache_dir` is patched below: a module first imported inside the patch
+    # would keep the patched function for the rest of the session.
+    from eyefuse.config import load_config
+    from eyefuse.errors import ConfigError
+    from eyefuse.train.distributed import DistInfo
+    from eyefuse.train.run_data import load_run_data
+
     root = make_challenge(tmp_path / "data")
     blocker = tmp_path / "plain-file"
     blocker.write_text("x")
@@ -145,11 +152,6 @@ def test_unwritable_cache_names_the_option(
     rc, _, err = _run(["prepare", "--data", root, "--no-progress"], capsys)
     assert rc == EXIT_USAGE and "--cache-dir" in _one_line_error(err)
     # training reads the same cache: its message names data.cache_dir before any epoch
-    from eyefuse.config import load_config
-    from eyefuse.errors import ConfigError
-    from eyefuse.train.distributed import DistInfo
-    from eyefuse.train.run_data import load_run_data
-
     cfg = load_config("demo", ["preprocess.size=64", f"data.cache_dir={blocker / 'cache'}"])
     cfg.data.root = str(root)
     with pytest.raises(ConfigError, match="data.cache_dir"):
@@ -329,7 +331,7 @@ def test_dir_takes_every_format_left_takes(tmp_path: Path) -> None:
 
 
 def test_evaluate_defaults_to_a_split_the_dataset_has() -> None:
-    from eyefuse.eval.evaluate import default_split
+    from eyefuse.workflows.evaluate import default_split
 
     assert build_parser().parse_args(["evaluate", "--run", "r", "--out", "o"]).split is None
     assert default_split({"train": 1, "val": 1, "offsite": 1, "onsite": 1}) == "offsite"  # official test
@@ -343,7 +345,12 @@ def test_calibration_warnings_are_printed_after_training(
     from eyefuse.cli import _print_calibration
 
     (tmp_path / "best").mkdir()
-    meta = {"thresholds": [0.5] * 8, "calibration_warnings": ["class G: no positive patient in validation"]}
+    meta = {
+        "config": {"model": {"head": "sigmoid"}},
+        "label_names": list("NDGCAHMO"),
+        "thresholds": [0.5] * 8,
+        "calibration_warnings": ["class G: no positive patient in validation"],
+    }
     (tmp_path / "best" / "meta.json").write_text(json.dumps(meta))
     _print_calibration(tmp_path)
     out = capsys.readouterr().out

@@ -74,7 +74,7 @@ def test_patients_without_a_usable_eye_are_set_aside_before_training(
 
 @pytest.mark.slow
 def test_evaluate_sets_aside_and_lists_them(troubled_data: tuple[Path, Path], tmp_path: Path) -> None:
-    from eyefuse.eval.evaluate import run_evaluate
+    from eyefuse.workflows.evaluate import run_evaluate
 
     root, split = troubled_data
     ckpt = make_checkpoint(tmp_path / "ck", split_file=str(split))

@@ -28,8 +28,8 @@ TINY = [
 def test_thresholds_are_fitted_on_validation_only(tiny_run: Path) -> None:
     from eyefuse.config import EvalConfig
     from eyefuse.eval.calibration import fit_calibration
-    from eyefuse.eval.evaluate import predict_split
-    from eyefuse.train.checkpoint import read_meta
+    from eyefuse.models.checkpoint import read_meta
+    from eyefuse.workflows.evaluate import predict_split
 
     run = tiny_run
     meta = read_meta(run / "best")
@@ -47,8 +47,8 @@ def test_thresholds_are_fitted_on_validation_only(tiny_run: Path) -> None:
 @pytest.mark.slow
 def test_evaluate_writes_report_and_official_csv(synth_dataset: Path, tiny_run: Path, tmp_path: Path) -> None:
     from eyefuse.cli import main
-    from eyefuse.eval.evaluate import run_evaluate
     from eyefuse.eval.score import score_files
+    from eyefuse.workflows.evaluate import run_evaluate
 
     data, run = synth_dataset, tiny_run
     summary = run_evaluate(run, split="offsite", out=tmp_path / "rep", progress=False)
@@ -74,7 +74,7 @@ def test_evaluate_writes_report_and_official_csv(synth_dataset: Path, tiny_run: 
 
 @pytest.mark.slow
 def test_evaluate_refuses_the_calibration_split(tiny_run: Path, tmp_path: Path) -> None:
-    from eyefuse.eval.evaluate import run_evaluate
+    from eyefuse.workflows.evaluate import run_evaluate
 
     run = tiny_run
     with pytest.raises(ConfigError, match="fitted on the 'val' split"):
@@ -89,7 +89,7 @@ def test_evaluate_refuses_the_calibration_split(tiny_run: Path, tmp_path: Path) 
 
 @pytest.mark.slow
 def test_ablation_runs_and_resumes(synth_dataset: Path, tmp_path: Path) -> None:
-    from eyefuse.eval.ablation import run_ablation
+    from eyefuse.workflows.ablation import run_ablation
 
     data = synth_dataset
     grid = tmp_path / "grid.yaml"
@@ -124,7 +124,7 @@ def test_ablation_runs_and_resumes(synth_dataset: Path, tmp_path: Path) -> None:
 
 
 def test_ablation_grid_errors(tmp_path: Path) -> None:
-    from eyefuse.eval.ablation import grid_cells, load_grid
+    from eyefuse.workflows.ablation import grid_cells, load_grid
 
     cells = grid_cells(load_grid("paper"))
     names = [c.name for c in cells]

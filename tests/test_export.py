@@ -15,11 +15,10 @@ import torch
 import eyefuse
 from eyefuse import ODIR_LABELS
 from eyefuse.errors import CheckpointError, ConfigError
+from eyefuse.models.checkpoint import load_model, read_meta
 from eyefuse.serve import export as export_module
 from eyefuse.serve.export import INPUT_NAMES, OUTPUT_NAMES, ExportWrapper, check_parity, export_onnx
 from eyefuse.serve.predict import Predictor
-from eyefuse.train.checkpoint import read_meta
-from eyefuse.train.engine import load_model
 from eyefuse.utils.io import sha256_file
 from helpers import SIZE, draw_eye, make_checkpoint
 

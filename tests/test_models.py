@@ -30,6 +30,7 @@ from eyefuse.models.attention import (
     SqueezeExcite,
 )
 from eyefuse.models.binocular import combine_eye_logits, ranking_probabilities
+from eyefuse.models.inputs import model_inputs
 from eyefuse.registry import HEAD as HEADS
 from eyefuse.registry import describe_models
 
@@ -422,14 +423,19 @@ def test_spatial_attention_maps_are_split_per_eye() -> None:
     assert not torch.allclose(first["left"]["attn.spatial"], first["right"]["attn.spatial"])
 
 
-def test_normalize_uses_model_mean_and_std() -> None:
+def test_model_inputs_use_model_mean_and_std() -> None:
     model = _build()
     assert model.mean == (0.485, 0.456, 0.406) and model.std == (0.229, 0.224, 0.225)
+    model.mean, model.std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)  # the model's own, not ImageNet's
     x = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
     mean, std = torch.tensor(model.mean).view(3, 1, 1), torch.tensor(model.std).view(3, 1, 1)
     expected = (x.float() / 255 - mean) / std
-    assert torch.allclose(model.normalize(x), expected)
-    assert torch.allclose(model.normalize(x[0].float()), expected[0])
+    left, right = model_inputs(model, x, x[0].float().numpy())  # uint8 tensor, float numpy array
+    assert torch.allclose(left, expected) and torch.allclose(right, expected[0])
+    cl, _ = model_inputs(model, x, x, channels_last=True)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and torch.allclose(cl, expected)
+    with pytest.raises(ValueError, match="3 x H x W"):
+        model_inputs(model, x[:, :2], x)
 
 
 def test_label_names_set_the_number_of_outputs() -> None:

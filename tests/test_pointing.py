@@ -140,7 +140,7 @@ def test_grad_cam_points_at_the_learned_lesions(trained: Path, tmp_path: Path) -
 
 
 def test_pooled_row_is_also_given_without_labels_whose_chance_is_high() -> None:
-    from eyefuse.eval.pointing import PointingResult
+    from eyefuse.workflows.pointing import PointingResult
 
     res = PointingResult(
         hits={"D": 5, "M": 20},

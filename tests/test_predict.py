@@ -13,14 +13,14 @@ import torch
 
 from eyefuse import ODIR_LABELS
 from eyefuse.config import Config
-from eyefuse.data.augment import normalize
 from eyefuse.data.preprocess import preprocess_image
 from eyefuse.errors import CheckpointError, ConfigError, DataError
 from eyefuse.models import build_model
+from eyefuse.models.checkpoint import CheckpointMeta, calibrated_probabilities
+from eyefuse.models.inputs import normalize
 from eyefuse.serve.predict import (
     PatientPrediction,
     Predictor,
-    calibrated_probabilities,
     pairs_from_csv,
     pairs_from_dir,
     run_predict,
@@ -128,16 +128,16 @@ def test_calibrated_probabilities_softmax_uses_one_temperature_and_rescales() ->
     cfg.backbone, cfg.pretrained, cfg.head, cfg.fusion = "resnet10t", False, "softmax", "concat"
     model = build_model(cfg, ODIR_LABELS)
     logits = torch.tensor([[2.0, 0.5, -1.0, 0.0, 1.0, 0.2, -0.3, 0.9]])
-    meta = {"head": "softmax", "temperatures": [2.5]}
-    got = calibrated_probabilities(logits, meta, model.probabilities)
+    labels = list(ODIR_LABELS)
+    meta = CheckpointMeta.from_dict({"label_names": labels, "head": "softmax", "temperatures": [2.5]})
+    got = calibrated_probabilities(logits, meta.head, meta.temperature_array())
     soft = torch.softmax(logits / 2.5, dim=-1)
     torch.testing.assert_close(got, soft / soft.max())
-    uncalibrated = calibrated_probabilities(
-        logits, {"head": "softmax", "temperatures": None}, model.probabilities
-    )
+    plain = CheckpointMeta.from_dict({"label_names": labels, "head": "softmax", "temperatures": None})
+    uncalibrated = calibrated_probabilities(logits, plain.head, plain.temperature_array())
     torch.testing.assert_close(uncalibrated, model.probabilities(logits))
     with pytest.raises(CheckpointError, match="one shared temperature"):
-        calibrated_probabilities(logits, {"head": "softmax", "temperatures": [1.0, 2.0]}, model.probabilities)
+        CheckpointMeta.from_dict({"label_names": labels, "head": "softmax", "temperatures": [1.0, 2.0]})
 
 
 def test_invalid_stored_calibration_is_refused(tmp_path) -> None:

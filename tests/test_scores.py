@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from eyefuse.eval.calibration import calibrated_probabilities, scores_from_logits
-from eyefuse.eval.evaluate import SplitPredictions, official_variants
+from eyefuse.eval.calibration import scores_from_logits
 from eyefuse.eval.metrics import evaluate_predictions, fast_auc, macro_auroc, official_score
 from eyefuse.eval.report import write_report
+from eyefuse.models.checkpoint import CheckpointMeta, calibrated_probabilities
 from eyefuse.serve.predict import run_predict
+from eyefuse.workflows.evaluate import SplitPredictions, official_variants
 from helpers import draw_eye, make_checkpoint
 
 
@@ -80,7 +81,7 @@ def _split_predictions(head: str, temps: list[float]) -> SplitPredictions:
         prob=calibrated_probabilities(logits, head, temps),
         label_names=tuple("ABCD"),
         thresholds=np.full(4, 0.5),
-        meta={"config": {"model": {"head": head}}},
+        meta=CheckpointMeta.from_dict({"config": {"model": {"head": head}}, "label_names": list("ABCD")}),
         patients=[],
         dataset=None,
         dropped=0,

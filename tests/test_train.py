@@ -58,6 +58,7 @@ def test_training_lowers_the_loss(synth_dataset: Path, tmp_path: Path) -> None:
     from eyefuse.data.augment import eval_transform
     from eyefuse.data.dataset import PairDataset
     from eyefuse.models import build_model
+    from eyefuse.models.inputs import model_inputs
     from eyefuse.train import engine
     from eyefuse.train.distributed import DistInfo
     from eyefuse.train.losses import create_loss
@@ -84,7 +85,7 @@ def test_training_lowers_the_loss(synth_dataset: Path, tmp_path: Path) -> None:
         total = 0.0
         for batch in make_loader(train_set, batches, 0, device):
             batch = eval_transform(batch)
-            left, right = engine.model_inputs(model, batch, False)
+            left, right = model_inputs(model, batch["left"], batch["right"])
             out = model(left, right, batch["left_present"], batch["right_present"])
             total += engine.compute_loss(out, batch, criterion, cfg).item()
         return total / len(batches)
@@ -162,7 +163,7 @@ def test_resume_after_kill_matches_uninterrupted_run(
     assert extended.returncode == 0, extended.stderr[-3000:]
     assert (full / "metrics.csv").read_text().count("\n") == 5
     # the fitted calibration lives in best
-    from eyefuse.train.checkpoint import read_meta
+    from eyefuse.models.checkpoint import read_meta
 
     meta = read_meta(full / "best")
     assert len(meta["thresholds"]) == 8 and meta["calibration_split"]["name"] == "val"
@@ -220,7 +221,8 @@ def test_ddp_two_cpu_processes(synth_dataset: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_fit_with_ema_sgd_workers_and_early_stopping(synth_dataset: Path, tmp_path: Path) -> None:
-    from eyefuse.train.checkpoint import load_train_state, read_meta
+    from eyefuse.models.checkpoint import read_meta
+    from eyefuse.train.checkpoint import load_train_state
     from eyefuse.train.engine import fit
 
     cfg = load_config(

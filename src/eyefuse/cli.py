@@ -3,6 +3,10 @@ check without the heavy libraries (paths exist, outputs are not inputs, the conf
 imports its one library function (importing torch takes seconds, so a refused command line is
 answered before it) and prints its summary.
 
+Why the imports of this module sit inside the command functions (the one module allowed to do so,
+see `tests/test_layers.py`): `eyefuse --help` and a refused command line must answer in a fraction
+of a second (`benchmarks/bench_cli.py` measures it), and every library module imports torch.
+
 Exit status, for scripts (README "Exit status"):
   0  everything asked for was done;
   1  some patients or images failed and were listed; everything else was written;
@@ -30,6 +34,7 @@ from pathlib import Path
 from eyefuse import __version__
 from eyefuse.errors import ConfigError, EyefuseError
 from eyefuse.registry import ENHANCE, PROBLEM_IMAGES, describe_models, preset_names
+from eyefuse.utils.optional import optional_import
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -269,15 +274,15 @@ def cmd_models(args: argparse.Namespace) -> int:
 def _print_calibration(run_dir: Path) -> None:
     """The calibration fitted at the end of training, with its warnings (a temperature at its
     search bound, a class without validation positives), so that they are seen, not only stored."""
-    meta_file = run_dir / "best" / "meta.json"
+    from eyefuse.models.checkpoint import CheckpointMeta  # torch is loaded already: training ran
+
     try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        meta = CheckpointMeta.read(run_dir / "best")
+    except EyefuseError:
         return
-    warnings = meta.get("calibration_warnings") or []
-    if meta.get("thresholds") is not None:
-        print(f"calibration: thresholds and temperatures fitted on the validation split ({meta_file.parent})")
-    for w in warnings:
+    if meta.thresholds is not None:
+        print(f"calibration: thresholds and temperatures fitted on the validation split ({run_dir / 'best'})")
+    for w in meta.calibration_warnings:
         print(f"calibration warning: {w}")
 
 
@@ -343,7 +348,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     _must_exist(args.run, "--run")
     _must_exist(args.data, "--data")
-    from eyefuse.eval.evaluate import run_evaluate
+    from eyefuse.workflows.evaluate import run_evaluate
 
     summary = run_evaluate(
         args.run,
@@ -361,7 +366,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     _must_exist(args.data, "--data")
-    from eyefuse.eval.ablation import run_ablation
+    from eyefuse.workflows.ablation import run_ablation
 
     summary = run_ablation(
         args.data,
@@ -377,7 +382,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from eyefuse.demo import run_demo
+    from eyefuse.workflows.demo import run_demo
 
     summary = run_demo(
         args.out,
@@ -495,6 +500,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _check_checkpoint(args.checkpoint)
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be between 0 and 65535, not {args.port}")
+    for module in ("fastapi", "uvicorn", "python_multipart"):  # the `serve` extra, before the model
+        optional_import(module, "serve")
     from eyefuse.serve.app import serve
 
     serve(

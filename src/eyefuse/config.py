@@ -22,6 +22,7 @@ import yaml
 from eyefuse import registry
 from eyefuse.errors import ConfigError
 from eyefuse.registry import preset_names
+from eyefuse.utils.io import atomic_write_text
 
 
 @dataclass
@@ -418,8 +419,6 @@ def apply_override(cfg: Config, item: str) -> None:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML, atomically."""
-    from eyefuse.utils.io import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 

@@ -30,3 +30,7 @@ class ConfigError(EyefuseError):
 
 class CheckpointError(EyefuseError):
     """A checkpoint or exported model is missing, incomplete or incompatible."""
+
+
+class MissingExtraError(EyefuseError):
+    """An optional dependency (a pip extra such as `export` or `serve`) is not installed."""

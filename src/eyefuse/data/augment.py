@@ -25,7 +25,6 @@ distributed) augmentations. Without a generator torch's global RNG of that devic
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,10 +32,6 @@ import torch.nn.functional as F
 from eyefuse.config import AugmentConfig
 from eyefuse.errors import ConfigError
 from eyefuse.registry import FLIP
-
-#: ImageNet channel statistics on a 0..1 scale (the pretrained backbones expect them).
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 #: Range of the Gaussian blur sigma, in pixels, and the kernel radius that covers it to 2 sigma.
 BLUR_SIGMA: tuple[float, float] = (0.1, 1.5)
@@ -66,20 +61,6 @@ def check_augment_config(cfg: AugmentConfig) -> None:
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"augment.{name} is a probability and must be in [0, 1], not {value}")
     FLIP.check(cfg.flip)
-
-
-def normalize(
-    x: torch.Tensor,
-    mean: Sequence[float] | torch.Tensor = IMAGENET_MEAN,
-    std: Sequence[float] | torch.Tensor = IMAGENET_STD,
-) -> torch.Tensor:
-    """Map float images on a 0..255 scale (`... x C x H x W`) to `(x / 255 - mean) / std` per channel.
-
-    `mean` and `std` are on a 0..1 scale, as timm and torchvision publish them (tuples or tensors).
-    """
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).reshape(-1, 1, 1) * 255.0
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).reshape(-1, 1, 1) * 255.0
-    return (x - m) / s
 
 
 def eval_transform(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -224,7 +205,7 @@ def _grayscale(x: torch.Tensor) -> torch.Tensor:
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = BLUR_RADIUS) -> torch.Tensor:
     """Blur each image of `x` (`m x C x H x W`, float) with its own Gaussian `sigma` (`m`, pixels).
 
-    A separable kernel of `2 * radius + 1` taps, normalised to sum 1, with reflected borders.
+    A separable kernel of `2 * radius + 1` taps, normalized to sum 1, with reflected borders.
     """
     m, c, height, width = x.shape
     taps = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
@@ -239,11 +220,8 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int = BLUR_RADIU
 
 
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "augment_batch",
     "check_augment_config",
     "eval_transform",
     "gaussian_blur",
-    "normalize",
 ]

@@ -18,6 +18,8 @@ Batches need no custom collate function: `torch.utils.data.default_collate` stac
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -26,8 +28,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
+from eyefuse.data.preprocess import PreprocessError
 from eyefuse.errors import DataError
+from eyefuse.utils.io import atomic_write_text
 
 if TYPE_CHECKING:
     from eyefuse.data.records import Patient
@@ -100,11 +105,6 @@ SET_ASIDE_COLUMNS = ("patient_id", "source", "split", "reason")
 def write_set_aside(path: str | Path, rows: Sequence[tuple[Patient, str, str]]) -> None:
     """Write `patient_id,source,split,reason` for every patient set aside, atomically; the header
     alone when none was, so that a stale list from an earlier run never stays behind."""
-    import csv
-    import io
-
-    from eyefuse.utils.io import atomic_write_text
-
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(SET_ASIDE_COLUMNS)
@@ -126,8 +126,6 @@ def describe_set_aside(rows: Sequence[tuple[Patient, str, str]], where: str | Pa
 
 def _default_load_errors() -> tuple[type[BaseException], ...]:
     # Imported here so that this module does not need the preprocessing stack at import time.
-    from eyefuse.data.preprocess import PreprocessError
-
     return (PreprocessError,)
 
 
@@ -306,8 +304,6 @@ class TensorCache:
         The images go to `device` batch by batch, so a CUDA cache needs no full copy in host memory.
         Failed loads are counted by `dataset` as usual (also those in loader workers).
         """
-        from tqdm.auto import tqdm
-
         device = torch.device(device) if device is not None else torch.device("cpu")
         n, s, n_labels = len(dataset), dataset.size, len(dataset.label_names)
         self.images = torch.empty(n, 2, 3, s, s, dtype=torch.uint8, device=device)

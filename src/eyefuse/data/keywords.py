@@ -318,7 +318,7 @@ def normalize_keyword(keyword: str) -> str:
 
 
 def split_keywords(text: object) -> tuple[str, ...]:
-    """Split one eye's keyword cell into normalised keywords (empty parts dropped).
+    """Split one eye's keyword cell into normalized keywords (empty parts dropped).
 
     `None`, NaN and empty strings give an empty tuple.
     """
@@ -361,7 +361,7 @@ class KeywordResult:
         return self.labels.copy()
 
 
-#: Normalised keyword -> label letter, or NON_DECIDING / NON_FUNDUS.
+#: Normalized keyword -> label letter, or NON_DECIDING / NON_FUNDUS.
 KEYWORD_LABELS: dict[str, str] = _build_map()
 
 

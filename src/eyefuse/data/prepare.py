@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from eyefuse.config import PreprocessConfig
+from eyefuse.data.cache import prepare_images
+from eyefuse.data.odir import keyword_report, load_dataset
 from eyefuse.utils.io import atomic_write_text
 
 
@@ -70,9 +72,6 @@ def prepare_dataset(
     progress: bool = True,
 ) -> PrepareSummary:
     """Load the dataset, check its keywords, and fill the preprocessing cache for `cfg`."""
-    from eyefuse.data.cache import prepare_images
-    from eyefuse.data.odir import keyword_report, load_dataset
-
     t0 = time.perf_counter()
     cfg.validate()
     dataset = load_dataset(data, problem_images=problem_images)

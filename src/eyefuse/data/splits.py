@@ -56,7 +56,7 @@ def iterative_stratification(
 
     Args:
         labels: (n, L) array of 0/1; rows are patients.
-        fractions: desired share of each subset (normalised to sum 1).
+        fractions: desired share of each subset (normalized to sum 1).
         rng: the only source of randomness (tie-breaking and visiting order).
 
     Returns:

@@ -4,7 +4,6 @@ decision thresholds, calibration, and the checking and writing of submission CSV
 from eyefuse.eval.calibration import (
     TemperatureFit,
     apply_temperatures,
-    calibrated_probabilities,
     expected_calibration_error,
     fit_calibration,
     fit_softmax_temperature,
@@ -50,7 +49,6 @@ __all__ = [
     "apply_temperatures",
     "apply_thresholds",
     "bootstrap_ci",
-    "calibrated_probabilities",
     "evaluate_predictions",
     "expected_calibration_error",
     "fast_auc",

@@ -1,4 +1,8 @@
-"""Probability calibration: temperature scaling and how to measure calibration.
+"""Probability calibration: fitting temperatures and thresholds, and measuring calibration.
+
+Applying a fitted calibration (logits -> calibrated probabilities -> decisions) is the checkpoint
+owner's job (`eyefuse.models.checkpoint.calibrated_probabilities` and `calibrate`); this module
+fits what it applies.
 
 Temperature scaling divides logits by a positive temperature T fitted on validation data (T > 1
 softens over-confident outputs, T < 1 sharpens), which changes no ranking, so AUROC is unchanged
@@ -19,7 +23,9 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
 from eyefuse.errors import ConfigError, DataError
-from eyefuse.eval.metrics import check_truth_prob
+from eyefuse.eval.metrics import check_truth_prob, macro_auroc, official_score
+from eyefuse.eval.thresholds import fit_thresholds
+from eyefuse.models.checkpoint import calibrated_probabilities
 
 #: Search range of a temperature; a fit that ends on an edge is reported in the warnings.
 TEMPERATURE_BOUNDS = (0.01, 100.0)
@@ -226,39 +232,14 @@ def reliability_curve(truth: Any, prob: Any, n_bins: int = 10) -> dict[str, list
 # --- the calibration a checkpoint carries ---------------------------------------------------------
 
 
-def calibrated_probabilities(
-    logits: Any, head: str, temperatures: Any = None, *, ranking: bool = False
-) -> np.ndarray:
-    """Probabilities from raw logits with a checkpoint's temperatures, by the head's own rule
-    (`eyefuse.models.binocular.head_probabilities`): `rule(logits / T)`. With `ranking`, the scores
-    ranking metrics use instead (`eyefuse.models.binocular.ranking_probabilities`: the softmax head's
-    softmax; the same as the decision scores for the sigmoid head).
-
-    `temperatures`: None (T = 1), L per-class values (sigmoid head) or one shared value (softmax
-    head, stored as a one-element list). The numpy twin of `eyefuse.serve.predict.calibrated_probabilities`
-    for arrays of logits (evaluation, ablation); both divide by T and then apply the same rule.
-    """
-    import torch
-
-    from eyefuse.models.binocular import head_probabilities, ranking_probabilities
-
-    z = np.asarray(logits, dtype=np.float64)
-    if temperatures is not None:
-        t = np.asarray(temperatures, dtype=np.float64).reshape(-1)
-        z = apply_temperatures(z, t[0] if t.size == 1 else t)
-    rule = ranking_probabilities if ranking else head_probabilities
-    return rule(torch.from_numpy(z), head).numpy()
-
-
 def scores_from_logits(truth: Any, logits: Any, head: str, temperatures: Any = None) -> dict[str, float]:
     """Official ODIR score at 0.5 and macro AUROC of logits, each from the right scores.
 
     Decisions (official kappa and F1) on the head's decision scores, rankings (official pooled AUC,
-    macro AUROC) on its ranking scores (`calibrated_probabilities` with and without `ranking`). One
-    function so that validation during training and evaluation afterwards score alike.
+    macro AUROC) on its ranking scores (`eyefuse.models.checkpoint.calibrated_probabilities` with and
+    without `ranking`). One function so that validation during training and evaluation afterwards
+    score alike.
     """
-    from eyefuse.eval.metrics import macro_auroc, official_score
-
     decisions = calibrated_probabilities(logits, head, temperatures)
     ranking = calibrated_probabilities(logits, head, temperatures, ranking=True)
     return {**official_score(truth, decisions, rank_prob=ranking), "macro_auroc": macro_auroc(truth, ranking)}
@@ -280,8 +261,6 @@ def fit_calibration(
     `threshold_method`, `calibration_warnings`, and the validation ECE before and after (None for
     the softmax head, whose scores are not per-label probabilities: an ECE would measure nothing).
     """
-    from eyefuse.eval.thresholds import fit_thresholds
-
     truth, logits = _check_logits(truth, logits)
     n_labels = truth.shape[1]
     warnings: list[str] = []

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import timm
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
@@ -208,9 +210,6 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"weights file {path} does not exist")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             state: object = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as e:

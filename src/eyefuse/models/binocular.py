@@ -2,7 +2,8 @@
 
 Use `build_model(cfg, label_names)`; it validates the settings, builds `BinocularNet` and loads the
 backbone weights (timm's hub download or a local file). Inputs are two float batches ``B x 3 x H x W``
-normalised with ``model.mean``/``model.std`` (``model.normalize`` does it from 0-255 pixels).
+normalized with ``model.mean``/``model.std`` (`eyefuse.models.inputs.model_inputs` makes them from 0-255
+pixels).
 """
 
 from __future__ import annotations
@@ -19,12 +20,10 @@ from eyefuse.errors import ConfigError
 from eyefuse.models.attention import recording_allowed, spatial_gates
 from eyefuse.models.backbone import Backbone, WeightsReport, load_backbone_weights, read_state_dict
 from eyefuse.models.fusion import create_fusion, global_pool
+from eyefuse.models.inputs import IMAGENET_MEAN, IMAGENET_STD
 
 #: The label that means "nothing found": under the ODIR rule a patient has it only when both eyes do.
 NORMAL_LABEL = "N"
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class BinocularNet(nn.Module):
@@ -38,7 +37,7 @@ class BinocularNet(nn.Module):
     Attributes:
         cfg: the `ModelConfig` it was built from.
         label_names: the output labels, in logit order (their number is the number of outputs).
-        mean, std: per-channel input normalisation (RGB, 0-1 scale) of the backbone's pretraining,
+        mean, std: per-channel input normalization (RGB, 0-1 scale) of the backbone's pretraining,
             ImageNet's for the ResNets.
         num_features: channels C of each eye's feature map.
         weights_report: what loading a local weights file did (None otherwise).
@@ -141,7 +140,7 @@ class BinocularNet(nn.Module):
         """Patient logits from both eyes.
 
         Args:
-            left, right: normalised float images ``B x 3 x H x W`` (same shape).
+            left, right: normalized float images ``B x 3 x H x W`` (same shape).
             left_present, right_present: bool ``(B,)``; where an eye is absent its features are
                 replaced by the other eye's before fusion (so every fusion works with one eye; the
                 absent image's pixels do not matter in eval mode; in training mode they still enter
@@ -220,15 +219,6 @@ class BinocularNet(nn.Module):
         """Per-label probabilities for ranking metrics (AUROC, AUPRC): see `ranking_probabilities`."""
         return ranking_probabilities(logits, self.cfg.head)
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """0-255 pixels (uint8 or float, ``[B x] 3 x H x W``, RGB) -> the model's normalised float input."""
-        if x.ndim not in (3, 4) or x.shape[-3] != 3:
-            raise ValueError(f"expected [B x] 3 x H x W RGB images, got shape {tuple(x.shape)}")
-        x = x.float() / 255.0
-        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(3, 1, 1)
-        return (x - mean) / std
-
     def spatial_attention_maps(self) -> dict[str, dict[str, torch.Tensor]]:
         """The last forward pass's spatial attention maps, per eye.
 
@@ -270,7 +260,7 @@ def combine_eye_logits(
       the logits, and the logit of the minimum is the minimum;
     - ``softmax``: raw logits carry an arbitrary per-eye offset (the softmax ignores it), so each eye
       is first turned into log-probabilities (``log_softmax``), which are combined the same way; the
-      patient's softmax then renormalises the combined per-eye probabilities.
+      patient's softmax then renormalizes the combined per-eye probabilities.
 
     A missing eye must not count: `BinocularNet` replaces its features by the other eye's, so both
     eyes' logits are equal and either rule returns the present eye's own values.

@@ -96,7 +96,7 @@ class CrossAttentionFusion(nn.Module):
     averaged and the two vectors concatenated: D = 2 * dim.
 
     Under bf16/fp16 autocast the module runs in float32 (projection, attention, LayerNorm): the
-    query-key products of un-normalised backbone features are large, their softmax and its backward
+    query-key products of un-normalized backbone features are large, their softmax and its backward
     lose the small differences in bf16, and the whole module is under 1 % of the model's FLOPs.
     """
 

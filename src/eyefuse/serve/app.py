@@ -73,9 +73,13 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from eyefuse import ODIR_LABEL_NAMES, ODIR_LABELS, __version__
+from eyefuse.data.laterality import input_warnings, same_photograph
+from eyefuse.data.preprocess import PreprocessError, preprocess_image
 from eyefuse.errors import ConfigError, EyefuseError
+from eyefuse.serve.explain import explain_pair, render_pair
 from eyefuse.serve.multipart import MIB, RequestError, Upload, form_schema, read_multipart, shown_name
 from eyefuse.serve.predict import SIDES, Predictor, PreparedPair, pair_id_from_files
+from eyefuse.utils.optional import optional_import
 
 logger = logging.getLogger("eyefuse.serve")
 
@@ -247,9 +251,6 @@ class Service:
 
     def prepare(self, patient_id: str, uploads: Mapping[str, Upload | None]) -> PreparedPair:
         """Preprocess the uploaded eyes; an unusable upload is a `RequestError` with its status."""
-        from eyefuse.data.laterality import input_warnings, same_photograph
-        from eyefuse.data.preprocess import PreprocessError, preprocess_image
-
         images: dict[str, np.ndarray | None] = {}
         fovs: dict[str, Any] = {}
         notes: dict[str, list[str]] = {side: [] for side in SIDES}
@@ -287,8 +288,6 @@ class Service:
     def explain(
         self, patient_id: str, uploads: Mapping[str, Upload | None], labels: list[str] | None
     ) -> dict[str, Any]:
-        from eyefuse.serve.explain import explain_pair, render_pair
-
         prepared = self.prepare(patient_id, uploads)
         expl = self._with_model(
             lambda: explain_pair(
@@ -331,7 +330,7 @@ class Service:
             "explained": expl.labels,
             "warnings": prepared.warnings,
             "eyes_present": {side: expl.images[side] is not None for side in SIDES},
-            "method": "Grad-CAM on each eye's last feature map; both eyes of a label normalised jointly, "
+            "method": "Grad-CAM on each eye's last feature map; both eyes of a label normalized jointly, "
             "so the colours compare the eyes",
             "overlays": overlays,
         }
@@ -346,7 +345,7 @@ class Service:
     def model_info(self) -> dict[str, Any]:
         pred = self.predictor
         meta = pred.meta
-        model_cfg = dict(meta.get("config", {}).get("model", {}))
+        model_cfg = meta.model_config
         thresholds = {k: float(t) for k, t in zip(pred.label_names, pred.thresholds, strict=True)}
         return {
             "model_kind": "pytorch" if pred.backend == "torch" else "onnx",
@@ -357,15 +356,15 @@ class Service:
             ],
             "label_names": list(pred.label_names),
             "thresholds": thresholds,
-            "thresholds_fitted": bool(meta.get("thresholds_fitted", meta.get("thresholds") is not None)),
-            "calibrated": meta.get("temperatures") is not None,
+            "thresholds_fitted": meta.thresholds_fitted,
+            "calibrated": meta.calibrated,
             "decision_rule": "a label is positive when its probability > its threshold",
             "head": pred.head,
             "architecture": {
                 key: model_cfg.get(key) for key in ("backbone", "attention", "attention_placement", "fusion")
             },
             "input_size": int(pred.preprocess.size),
-            "preprocessing": dict(meta["preprocess"]),
+            "preprocessing": dict(meta.preprocess),
             "explain_available": pred.backend == "torch",
             "limits": {
                 "max_upload_mb": self.max_upload_mb,
@@ -614,7 +613,7 @@ def serve(
         queue_timeout_s=queue_timeout_s,
         allowed_hosts=allowed_hosts_for(host, allowed_hosts),
     )
-    import uvicorn
+    uvicorn = optional_import("uvicorn", "serve")
 
     if not _is_loopback(host):
         logger.warning(

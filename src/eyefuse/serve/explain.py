@@ -11,14 +11,14 @@ together. Per eye: channel weights = spatially averaged gradients, map = ReLU(su
 channels), upsampled (bilinear) to the preprocessed image (the field-of-view crop the model saw).
 
 Decisions where the task left room:
-- The two eyes' maps of a label are normalised JOINTLY to [0, 1] (divided by the larger of the two
-  maxima), not each to its own maximum: a per-eye normalisation would paint the eye that did not
-  contribute as hot as the one that did. With joint normalisation the colours say which eye drove
+- The two eyes' maps of a label are normalized JOINTLY to [0, 1] (divided by the larger of the two
+  maxima), not each to its own maximum: a per-eye normalization would paint the eye that did not
+  contribute as hot as the one that did. With joint normalization the colours say which eye drove
   the decision. A label with no positive evidence in either eye gives an all-zero map.
 - An absent (or unusable) eye has no map; its panel says so. The model replaces its features by the
   other eye's, so all the gradient flows to the present eye.
 - `attention.png` shows the deepest spatial attention gate of each eye (the one nearest the
-  decision; with placement `all` there is one per block), normalised jointly over the two eyes like
+  decision; with placement `all` there is one per block), normalized jointly over the two eyes like
   Grad-CAM; the raw gate range is recorded in `explanation.json`.
 - Pointing game (Zhang et al. 2016): a hit when the map's peak lies inside the lesion mask dilated
   by `tolerance` pixels (default 15, the original protocol's tolerance), which forgives a peak on
@@ -45,14 +45,9 @@ from eyefuse import ODIR_LABEL_NAMES, ODIR_LABELS
 from eyefuse.config import PreprocessConfig
 from eyefuse.data.fov import fov_square
 from eyefuse.errors import CheckpointError, ConfigError, DataError
-from eyefuse.serve.predict import (
-    SIDES,
-    EyeSource,
-    Predictor,
-    calibrated_probabilities,
-    pair_id_from_files,
-    thresholds_from_meta,
-)
+from eyefuse.models.checkpoint import DEFAULT_THRESHOLD, calibrated_probabilities
+from eyefuse.models.inputs import model_inputs
+from eyefuse.serve.predict import SIDES, EyeSource, Predictor, pair_id_from_files
 from eyefuse.utils.io import atomic_write_bytes, atomic_write_json
 
 #: Weight of the heat map in the overlay (the photograph gets 1 - OVERLAY_ALPHA).
@@ -77,17 +72,17 @@ def grad_cam(
     right_present: torch.Tensor,
     label_indices: Sequence[int],
 ) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-    """Raw (un-normalised) Grad-CAM maps of both eyes for each label, from one forward pass and one
+    """Raw (un-normalized) Grad-CAM maps of both eyes for each label, from one forward pass and one
     backward pass per label.
 
     Args:
         model: a `BinocularNet` in eval mode.
-        left, right: normalised images `B x 3 x S x S`.
+        left, right: normalized images `B x 3 x S x S`.
         left_present, right_present: bool `(B,)`.
         label_indices: the logits to explain.
 
     Returns:
-        `{k: (left map B x h x w, right map B x h x w)}` (ReLU applied, not normalised) and the
+        `{k: (left map B x h x w, right map B x h x w)}` (ReLU applied, not normalized) and the
         logits `B x L` of the forward pass (detached).
     """
     with torch.enable_grad():
@@ -200,7 +195,7 @@ class Explanation:
         probabilities: label -> calibrated probability (all labels).
         thresholds: label -> decision threshold; `predicted` the labels above it.
         images: side -> preprocessed RGB uint8 `S x S x 3` (None for an absent eye).
-        cams: label -> side -> map `S x S` float32 in [0, 1], normalised jointly over both eyes
+        cams: label -> side -> map `S x S` float32 in [0, 1], normalized jointly over both eyes
             (None for an absent eye).
         attention: side -> the deepest spatial attention gate upsampled to `S x S` (raw gate
             values in (0, 1)); empty when the model has no spatial attention.
@@ -282,14 +277,15 @@ def explain_pair(
             raise CheckpointError(
                 f"{predictor.source}: Grad-CAM needs the PyTorch checkpoint (gradients), not an ONNX export"
             )
-        model, meta = predictor.model, predictor.meta
+        model = predictor.model
+        head, temperatures = predictor.head, predictor.temperatures
         size: int | None = predictor.preprocess.size
         thresholds = predictor.thresholds
-    else:
+    else:  # a bare model: no calibration (T = 1) and the default threshold
         model = predictor_or_model
-        meta = {"head": model.cfg.head, "temperatures": None, "thresholds": None}
+        head, temperatures = model.cfg.head, None
         size = None
-        thresholds = thresholds_from_meta(meta, model.label_names)
+        thresholds = np.full(len(model.label_names), DEFAULT_THRESHOLD)
     label_names = tuple(model.label_names)
     fovs: dict[str, Any] = {"left": None, "right": None}
     if all(s is None or isinstance(s, np.ndarray) for s in (left, right)):
@@ -313,18 +309,12 @@ def explain_pair(
             raise DataError(f"patient {patient_id}: {prepared.error}")
         images, fovs, warnings = prepared.images, prepared.fovs, list(prepared.warnings)
 
-    from eyefuse.data.augment import normalize
-
     device = next(model.parameters()).device
-    batch = []
+    eyes = []
     for side in SIDES:
         img = images[side]
-        arr = np.zeros((3, size, size), np.uint8) if img is None else img.transpose(2, 0, 1)
-        batch.append(
-            normalize(
-                torch.from_numpy(np.ascontiguousarray(arr))[None].to(device).float(), model.mean, model.std
-            )
-        )
+        eyes.append((np.zeros((3, size, size), np.uint8) if img is None else img.transpose(2, 0, 1))[None])
+    batch = model_inputs(model, eyes[0], eyes[1])
     present = [torch.tensor([images[s] is not None], device=device) for s in SIDES]
 
     model.eval()
@@ -334,7 +324,7 @@ def explain_pair(
         # One forward pass serves every label: the default labels are read from its own output.
         out = model(batch[0], batch[1], present[0], present[1], return_features=True)
         logits = out["logits"].detach().float()
-        prob = calibrated_probabilities(logits, meta, model.probabilities)[0].cpu().numpy()
+        prob = calibrated_probabilities(logits, head, temperatures)[0].cpu().numpy()
         if chosen is None:
             chosen = [k for k, p, t in zip(label_names, prob, thresholds, strict=True) if p > t]
             chosen = chosen or [label_names[int(np.argmax(prob))]]
@@ -351,7 +341,7 @@ def explain_pair(
             None if images[side] is None else upsample(raw[idx][i][0].cpu().numpy(), size)
             for i, side in enumerate(SIDES)
         ]
-        # Normalised after upsampling: bilinear interpolation keeps values within the coarse range.
+        # Normalized after upsampling: bilinear interpolation keeps values within the coarse range.
         cams[k] = dict(zip(SIDES, normalize_jointly(per_side), strict=True))
     return Explanation(
         patient_id=patient_id,

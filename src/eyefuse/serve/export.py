@@ -3,7 +3,7 @@
 The exported graph takes four inputs, with a dynamic batch dimension B:
 
 - `left`, `right`: float32 `B x 3 x S x S`, the preprocessed RGB images on a 0..255 scale (the
-  uint8 output of `eyefuse.data.preprocess.preprocess_image`, transposed and cast). Normalisation
+  uint8 output of `eyefuse.data.preprocess.preprocess_image`, transposed and cast). Normalization
   with the model's mean/std happens inside the graph, so a client needs no constants beyond the
   preprocessing settings in the sidecar.
 - `left_present`, `right_present`: bool `B`. The model was trained with eye dropout and takes these
@@ -11,7 +11,7 @@ The exported graph takes four inputs, with a dynamic batch dimension B:
   other eye (feeding the same eye twice is not what the model learnt), so the flags are inputs.
 
 and returns `probabilities` (calibrated with the checkpoint's temperatures, by the same function
-`eyefuse.serve.predict.calibrated_probabilities` that PyTorch prediction uses) and `logits` (raw),
+`eyefuse.models.checkpoint.calibrated_probabilities` that PyTorch prediction uses) and `logits` (raw),
 both float32 `B x L`.
 
 The sidecar `<out>.json` holds everything else a client needs: labels, preprocessing settings,
@@ -35,17 +35,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from eyefuse import __version__
 from eyefuse.errors import CheckpointError, ConfigError
-from eyefuse.serve.predict import (
-    ONNX_INPUTS,
-    ONNX_OUTPUTS,
-    ONNX_SIDECAR_SUFFIX,
-    ONNX_SIDECAR_VERSION,
+from eyefuse.models.checkpoint import (
+    META_FILE,
+    MODEL_FILE,
+    CheckpointMeta,
     calibrated_probabilities,
-    model_head,
-    thresholds_from_meta,
+    load_model,
+    resolve_checkpoint_dir,
 )
+from eyefuse.models.inputs import model_inputs
+from eyefuse.serve.predict import ONNX_INPUTS, ONNX_OUTPUTS, ONNX_SIDECAR_SUFFIX, ONNX_SIDECAR_VERSION
 from eyefuse.utils.io import atomic_path, atomic_write_json, sha256_file
+from eyefuse.utils.optional import optional_import
 
 INPUT_NAMES = ONNX_INPUTS
 OUTPUT_NAMES = ONNX_OUTPUTS
@@ -60,10 +63,13 @@ SIDECAR_VERSION = ONNX_SIDECAR_VERSION
 class ExportWrapper(nn.Module):
     """The graph that is exported: 0..255 images + presence flags -> (calibrated probabilities, logits)."""
 
-    def __init__(self, model: nn.Module, meta: Mapping[str, Any]):
+    def __init__(self, model: nn.Module, meta: CheckpointMeta | Mapping[str, Any]):
         super().__init__()
         self.model = model
-        self.meta = dict(meta)
+        self.meta = meta if isinstance(meta, CheckpointMeta) else CheckpointMeta.from_dict(meta)
+        # Plain floats: the exporter records them as constants of the graph.
+        self.head = self.meta.head
+        self.temperatures = self.meta.temperature_array().tolist()
 
     def forward(
         self,
@@ -72,12 +78,9 @@ class ExportWrapper(nn.Module):
         left_present: torch.Tensor,
         right_present: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        from eyefuse.data.augment import normalize
-
-        mean, std = self.model.mean, self.model.std
-        out = self.model(normalize(left, mean, std), normalize(right, mean, std), left_present, right_present)
-        logits = out["logits"]
-        return calibrated_probabilities(logits, self.meta, self.model.probabilities), logits
+        x_left, x_right = model_inputs(self.model, left, right)
+        logits = self.model(x_left, x_right, left_present, right_present)["logits"]
+        return calibrated_probabilities(logits, self.head, self.temperatures), logits
 
 
 @dataclass
@@ -166,7 +169,7 @@ def check_parity(
 ) -> dict[int, float]:
     """Max abs difference between ONNX Runtime (CPU) and PyTorch outputs per batch size; raises
     `CheckpointError` when it exceeds `PARITY_TOLERANCE`."""
-    import onnxruntime as ort
+    ort = optional_import("onnxruntime", "export")
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     gen = torch.Generator().manual_seed(0)
@@ -204,22 +207,23 @@ def export_onnx(
     PyTorch at batch sizes 1 and 3 when `check`), and only then renamed into place; the sidecar
     `<out>.json` is written atomically just before. A failed check leaves no file under `out`.
     """
-    from eyefuse import __version__
-    from eyefuse.train.checkpoint import META_FILE, MODEL_FILE, read_meta, resolve_checkpoint_dir
-    from eyefuse.train.engine import load_model
-
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise ConfigError(f"--out {out}: the exported file name must end in .onnx")
+    # The `export` extra, checked before any work: torch.onnx's exporter needs onnxscript.
+    onnx = optional_import("onnx", "export")
+    optional_import("onnxscript", "export")
+    if check:
+        optional_import("onnxruntime", "export")
     say = log or (lambda _line: None)
     ckpt_dir = resolve_checkpoint_dir(checkpoint)
     say(f"loading {ckpt_dir}")
-    meta = read_meta(ckpt_dir)
+    meta = CheckpointMeta.read(ckpt_dir)
     model = load_model(ckpt_dir, device="cpu")
-    label_names = list(meta["label_names"])
-    size = int(meta["preprocess"]["size"])
-    head = model_head(meta)
-    thresholds = thresholds_from_meta(meta, label_names)
+    label_names = list(meta.label_names)
+    size = int(meta.preprocess["size"])
+    head = meta.head
+    thresholds = meta.threshold_array()
     wrapper = ExportWrapper(model, meta).eval()
 
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -242,14 +246,12 @@ def export_onnx(
                     external_data=False,
                 )
         except Exception as e:  # the exporter raises many types; say which model could not be exported
-            cfg = meta["config"]["model"]
+            cfg = meta.model_config
             raise CheckpointError(
                 f"{ckpt_dir}: ONNX export failed for backbone={cfg.get('backbone')}, "
                 f"attention={cfg.get('attention')}, fusion={cfg.get('fusion')}, head={head}: "
                 f"{_export_failure_reason(e)}"
             ) from e
-        import onnx
-
         say("checking the ONNX graph")
         try:
             onnx.checker.check_model(str(tmp))
@@ -258,7 +260,7 @@ def export_onnx(
         if check:
             say("checking ONNX Runtime against PyTorch at batch sizes 1 and 3")
         diffs = check_parity(tmp, wrapper, size) if check else {}
-        image_input = f"float32 B x 3 x {size} x {size}: preprocessed RGB image, 0..255 (normalised inside)"
+        image_input = f"float32 B x 3 x {size} x {size}: preprocessed RGB image, 0..255 (normalized inside)"
         sidecar = {
             "format": SIDECAR_FORMAT,
             "format_version": SIDECAR_VERSION,
@@ -268,7 +270,7 @@ def export_onnx(
             "label_names": label_names,
             "head": head,
             "input_size": size,
-            "preprocess": dict(meta["preprocess"]),
+            "preprocess": dict(meta.preprocess),
             "inputs": {
                 "left": image_input,
                 "right": image_input,
@@ -281,17 +283,17 @@ def export_onnx(
             },
             "decision_rule": "a label is positive when its probability > its threshold",
             "thresholds": [float(t) for t in thresholds],
-            "thresholds_fitted": meta.get("thresholds") is not None,
-            "temperatures": meta.get("temperatures"),
+            "thresholds_fitted": meta.thresholds_fitted,
+            "temperatures": list(meta.temperatures) if meta.temperatures is not None else None,
             "temperatures_applied_in_graph": True,
-            "calibration_split": meta.get("calibration_split"),
-            "config": meta["config"],
+            "calibration_split": meta.calibration_split,
+            "config": meta.config,
             "source_checkpoint": {
                 "path": str(ckpt_dir.resolve()),
                 "weights_sha256": sha256_file(ckpt_dir / MODEL_FILE),
                 "meta_sha256": sha256_file(ckpt_dir / META_FILE),
-                "epoch": meta.get("epoch"),
-                "git_commit": meta.get("git_commit"),
+                "epoch": meta.epoch,
+                "git_commit": meta.git_commit,
             },
             "onnx_sha256": sha256_file(tmp),
             "parity": {

@@ -5,10 +5,10 @@ stored in the checkpoint; an eye that is missing or cannot be preprocessed is tr
 model takes presence flags) and the patient is predicted from the other eye with a warning. A patient
 with no usable eye is reported as failed and the others go on.
 
-Probabilities are calibrated with the temperatures stored in the checkpoint (`calibrated_probabilities`,
-the one place that applies them; export and explain reuse it) and a label is decided positive when its
-probability is strictly above its stored threshold (`prob > threshold`, the rule of the official
-ODIR score and of `eyefuse.eval.metrics`).
+Probabilities are calibrated with the temperatures stored in the checkpoint and a label is decided
+positive when its probability is strictly above its stored threshold (`prob > threshold`, the rule of
+the official ODIR score and of `eyefuse.eval.metrics`); both are applied by the checkpoint's owner,
+`eyefuse.models.checkpoint`, as in evaluation, export and explanation.
 
 Decisions where the task left room:
 - `--out` ending in `.json` writes `{"model": ..., "summary": ..., "predictions": [...]}`; `.csv`
@@ -28,7 +28,7 @@ import csv
 import json
 import math
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,9 +36,22 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from tqdm import tqdm
 
-from eyefuse.config import PreprocessConfig, config_from_dict
+from eyefuse import ODIR_LABEL_NAMES, ODIR_LABELS
+from eyefuse.data.laterality import input_warnings, same_photograph
+from eyefuse.data.preprocess import PreprocessError, preprocess_image
 from eyefuse.errors import CheckpointError, ConfigError, DataError
+from eyefuse.eval.score import write_submission
+from eyefuse.models.checkpoint import (
+    CheckpointMeta,
+    calibrated_probabilities,
+    load_model,
+    resolve_checkpoint_dir,
+)
+from eyefuse.models.inputs import model_inputs
+from eyefuse.utils.io import atomic_write_json, sha256_file
+from eyefuse.utils.optional import optional_import
 
 #: One eye's photograph: a file path, the file's bytes, or None when that eye is not given.
 EyeSource = Path | str | bytes | None
@@ -59,78 +72,6 @@ ONNX_OUTPUTS = ("probabilities", "logits")
 ONNX_SIDECAR_VERSION = 1
 _EYE_FILE = re.compile(r"^(?P<id>.+)_(?P<side>left|right)(?P<ext>\.[A-Za-z0-9]+)$", re.IGNORECASE)
 _SHOW = 10  # how many names a summary lists before "and N more"
-
-
-# --- calibration: the one place that turns logits into calibrated probabilities -----------------
-
-
-def model_head(meta: Mapping[str, Any]) -> str:
-    """The head type (`sigmoid` or `softmax`) recorded in checkpoint or sidecar metadata."""
-    head = meta.get("head") or meta.get("config", {}).get("model", {}).get("head")
-    if head not in ("sigmoid", "softmax"):
-        raise CheckpointError(f"metadata names no valid model head (sigmoid | softmax), found {head!r}")
-    return str(head)
-
-
-def temperatures_from_meta(meta: Mapping[str, Any], n_labels: int) -> np.ndarray:
-    """The temperatures stored in `meta`: (L,) per class for the sigmoid head, (1,) shared for the
-    softmax head; all 1.0 when none were fitted (`temperatures` is None)."""
-    head = model_head(meta)
-    raw = meta.get("temperatures")
-    if isinstance(raw, Mapping) and "temperatures" in raw:  # a stored TemperatureFit.to_dict()
-        raw = raw["temperatures"]
-    size = n_labels if head == "sigmoid" else 1
-    if raw is None:
-        return np.ones(size, dtype=np.float64)
-    try:
-        t = np.asarray(raw, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise CheckpointError(f"stored temperatures {raw!r} are not numbers") from None
-    if t.ndim == 0 or (head == "softmax" and t.size == 1):
-        t = np.full(size, float(t.reshape(-1)[0]))
-    if t.shape != (size,):
-        want = f"{n_labels} per-class temperatures" if head == "sigmoid" else "one shared temperature"
-        raise CheckpointError(f"the {head} head needs {want}; metadata holds shape {t.shape}")
-    if not np.all(np.isfinite(t)) or np.any(t <= 0):
-        raise CheckpointError(f"stored temperatures must be finite and positive, got {t.tolist()}")
-    return t
-
-
-def thresholds_from_meta(meta: Mapping[str, Any], label_names: Sequence[str]) -> np.ndarray:
-    """Per-class decision thresholds from `meta` (a list in label order or a label -> value mapping);
-    0.5 for every class when none were fitted."""
-    raw = meta.get("thresholds")
-    n = len(label_names)
-    if raw is None:
-        return np.full(n, 0.5)
-    if isinstance(raw, Mapping):
-        missing = [name for name in label_names if name not in raw]
-        if missing:
-            raise CheckpointError(f"stored thresholds lack label(s) {', '.join(missing)}")
-        raw = [raw[name] for name in label_names]
-    try:
-        thr = np.asarray(raw, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise CheckpointError(f"stored thresholds {raw!r} are not numbers") from None
-    if thr.ndim == 0:
-        thr = np.full(n, float(thr))
-    if thr.shape != (n,) or not np.all(np.isfinite(thr)) or (thr < 0).any() or (thr > 1).any():
-        raise CheckpointError(f"expected {n} stored thresholds in [0, 1], got {np.asarray(raw).tolist()}")
-    return thr
-
-
-def calibrated_probabilities(
-    logits: torch.Tensor, meta: Mapping[str, Any], probabilities: Callable[[torch.Tensor], torch.Tensor]
-) -> torch.Tensor:
-    """Calibrated probabilities `probabilities(logits / T)` with the temperatures stored in `meta`.
-
-    `probabilities` is the model's own rule (`model.probabilities`): sigmoid for the sigmoid head,
-    where T is per class; softmax followed by the multi-label rescaling `p / max p` for the softmax
-    head, where one T scales all logits before the softmax. With no fitted temperatures T = 1, so the
-    result is exactly the model's uncalibrated output.
-    """
-    t = temperatures_from_meta(meta, logits.shape[-1])
-    return probabilities(logits / torch.tensor(t.tolist(), dtype=logits.dtype, device=logits.device))
 
 
 # --- results ------------------------------------------------------------------------------------
@@ -205,7 +146,7 @@ class Predictor:
         label_names: the model's labels, in output order.
         preprocess: the preprocessing settings the model was trained with.
         thresholds: (L,) decision thresholds.
-        meta: the checkpoint metadata (or the ONNX sidecar).
+        meta: the checkpoint metadata (or the ONNX sidecar's), typed.
         source: the checkpoint folder or ONNX file.
         backend: `torch` or `onnx`.
         model: the PyTorch model (torch backend), else None.
@@ -214,25 +155,26 @@ class Predictor:
     def __init__(
         self,
         *,
-        meta: Mapping[str, Any],
+        meta: CheckpointMeta | Mapping[str, Any],
         source: Path,
         backend: str,
         model: torch.nn.Module | None = None,
         session: Any = None,
         device: torch.device | str = "cpu",
     ) -> None:
-        self.meta = dict(meta)
+        # Typed (and so validated) now, so that a bad checkpoint fails at load time, not on the
+        # first patient.
+        self.meta = meta if isinstance(meta, CheckpointMeta) else CheckpointMeta.from_dict(meta)
         self.source = source
         self.backend = backend
         self.model = model
         self.session = session
         self.device = torch.device(device)
-        self.label_names: tuple[str, ...] = tuple(meta["label_names"])
-        self.head = model_head(meta)
-        self.preprocess = _preprocess_from_meta(meta, source)
-        self.thresholds = thresholds_from_meta(meta, self.label_names)
-        # Validated now so that a bad checkpoint fails at load time, not on the first patient.
-        self.temperatures = temperatures_from_meta(meta, len(self.label_names))
+        self.label_names: tuple[str, ...] = self.meta.label_names
+        self.head = self.meta.head
+        self.preprocess = self.meta.preprocess_config(source)
+        self.thresholds = self.meta.threshold_array()
+        self.temperatures = self.meta.temperature_array()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: torch.device | str = "cpu") -> Predictor:
@@ -247,13 +189,10 @@ class Predictor:
                 )
             meta, session = load_onnx(path)
             return cls(meta=meta, source=path, backend="onnx", session=session)
-        from eyefuse.train.checkpoint import read_meta, resolve_checkpoint_dir
-        from eyefuse.train.engine import load_model
-
         ckpt_dir = resolve_checkpoint_dir(path)
-        meta = read_meta(ckpt_dir)
+        meta = CheckpointMeta.read(ckpt_dir)
         model = load_model(ckpt_dir, device=device)
-        if tuple(getattr(model, "label_names", meta["label_names"])) != tuple(meta["label_names"]):
+        if tuple(getattr(model, "label_names", meta.label_names)) != meta.label_names:
             raise CheckpointError(f"{ckpt_dir}: the model's labels differ from the metadata's label_names")
         return cls(meta=meta, source=ckpt_dir, backend="torch", model=model, device=device)
 
@@ -266,25 +205,22 @@ class Predictor:
             "label_names": list(self.label_names),
             "thresholds": [float(x) for x in self.thresholds],
             "decision_rule": self.decision_rule(),
-            "temperatures": None if self.meta.get("temperatures") is None else self.temperatures.tolist(),
-            "preprocess": dict(self.meta["preprocess"]),
+            "temperatures": self.temperatures.tolist() if self.meta.calibrated else None,
+            "preprocess": dict(self.meta.preprocess),
         }
 
     def decision_rule(self) -> str:
         """Where the decided labels come from: the fitted per-class thresholds, not the official 0.5."""
-        if self.meta.get("thresholds") is None:
+        if not self.meta.thresholds_fitted:
             return "probability > 0.5 for every label (the checkpoint has no fitted thresholds)"
-        split = (self.meta.get("calibration_split") or {}).get("name") or "an unrecorded split"
-        method = self.meta.get("threshold_method") or "unrecorded method"
+        split = self.meta.calibration_split_name or "an unrecorded split"
+        method = self.meta.threshold_method or "unrecorded method"
         return f"probability > the fitted per-class thresholds ({method} on {split}), not the official 0.5"
 
     # -- preprocessing --
 
     def prepare_pair(self, patient_id: str, left: EyeSource, right: EyeSource) -> PreparedPair:
         """Preprocess both eyes of a patient; an unusable eye becomes absent with a warning."""
-        from eyefuse.data.laterality import input_warnings, same_photograph
-        from eyefuse.data.preprocess import PreprocessError, preprocess_image
-
         images: dict[str, np.ndarray | None] = {}
         fovs: dict[str, Any] = {}
         problems: dict[str, str] = {}
@@ -331,18 +267,13 @@ class Predictor:
                 list(ONNX_OUTPUTS), dict(zip(ONNX_INPUTS, (np.asarray(f) for f in feeds), strict=True))
             )
             return np.asarray(prob, np.float64), np.asarray(logits, np.float64)
-        from eyefuse.data.augment import normalize
-
         model = self.model
         assert model is not None
         with torch.no_grad():
-            x = [
-                normalize(torch.from_numpy(a).to(self.device).float(), model.mean, model.std)
-                for a in (left, right)
-            ]
+            x = model_inputs(model, left, right)
             flags = [torch.from_numpy(f.astype(bool)).to(self.device) for f in (left_present, right_present)]
             logits = model(x[0], x[1], flags[0], flags[1])["logits"].float()
-            prob = calibrated_probabilities(logits, self.meta, model.probabilities)
+            prob = calibrated_probabilities(logits, self.head, self.temperatures)
         return prob.cpu().double().numpy(), logits.cpu().double().numpy()
 
     def predict_prepared(self, prepared: Sequence[PreparedPair]) -> list[PatientPrediction]:
@@ -388,8 +319,6 @@ class Predictor:
         """
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, not {batch_size}")
-        from tqdm import tqdm
-
         pairs = list(pairs)
         starts = range(0, len(pairs), batch_size)
         out: list[PatientPrediction] = []
@@ -399,20 +328,9 @@ class Predictor:
         return out
 
 
-def _preprocess_from_meta(meta: Mapping[str, Any], source: Path) -> PreprocessConfig:
-    settings = meta.get("preprocess")
-    if not isinstance(settings, Mapping):
-        raise CheckpointError(f"{source}: metadata holds no preprocessing settings ('preprocess')")
-    try:
-        cfg = config_from_dict({"preprocess": dict(settings)}).preprocess
-        cfg.validate()
-    except ConfigError as e:
-        raise CheckpointError(f"{source}: stored preprocessing settings are invalid: {e}") from e
-    return cfg
-
-
 def load_onnx(path: Path) -> tuple[dict[str, Any], Any]:
     """Read an exported model's JSON sidecar and open it with onnxruntime on the CPU."""
+    ort = optional_import("onnxruntime", "export")  # the `export` extra, checked first
     sidecar = Path(str(path) + ONNX_SIDECAR_SUFFIX)
     if not path.is_file():
         raise CheckpointError(f"ONNX model {path} does not exist")
@@ -432,12 +350,8 @@ def load_onnx(path: Path) -> tuple[dict[str, Any], Any]:
             f"{sidecar}: sidecar format {meta['format_version']} is newer than this eyefuse reads "
             f"({ONNX_SIDECAR_VERSION}); upgrade eyefuse"
         )
-    from eyefuse.utils.io import sha256_file
-
     if meta.get("onnx_sha256") and sha256_file(path) != meta["onnx_sha256"]:
         raise CheckpointError(f"{path}: the file does not match its sidecar {sidecar.name} (sha256 differs)")
-    import onnxruntime as ort
-
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:  # onnxruntime raises its own exception types for invalid models
@@ -644,8 +558,6 @@ def write_predictions(
 
     `label_names` defaults to the labels of the first successful prediction.
     """
-    from eyefuse.utils.io import atomic_write_json
-
     out_path = Path(out_path)
     suffix = out_path.suffix.lower()
     if suffix not in (".json", ".csv"):
@@ -653,8 +565,6 @@ def write_predictions(
     ok = [p for p in preds if not p.failed]
     if label_names is None:
         if not ok:
-            from eyefuse import ODIR_LABELS
-
             label_names = ODIR_LABELS
         else:
             label_names = list(ok[0].probabilities)
@@ -666,8 +576,6 @@ def write_predictions(
         }
         atomic_write_json(out_path, doc)
         return WriteResult(out_path, "json", len(preds))
-    from eyefuse.eval.score import write_submission
-
     prob = np.array([[p.probabilities[k] for k in label_names] for p in ok], dtype=np.float64)
     write_submission(out_path, [p.id for p in ok], prob.reshape(len(ok), len(label_names)), label_names)
     return WriteResult(out_path, "csv", len(ok), omitted=[p.id for p in preds if p.failed])
@@ -721,8 +629,6 @@ def _fmt(x: float) -> str:
 
 
 def _format_single(p: PatientPrediction, label_names: Sequence[str]) -> list[str]:
-    from eyefuse import ODIR_LABEL_NAMES
-
     if p.failed:
         return [f"patient {p.id}: FAILED: {p.error}"]
     lines = [f"patient {p.id}", "  label  probability  threshold  decision"]
@@ -812,12 +718,8 @@ __all__ = [
     "Predictor",
     "PreparedPair",
     "WriteResult",
-    "calibrated_probabilities",
-    "model_head",
     "pairs_from_csv",
     "pairs_from_dir",
     "run_predict",
-    "temperatures_from_meta",
-    "thresholds_from_meta",
     "write_predictions",
 ]

@@ -1,4 +1,7 @@
-"""Checkpoints without pickle: weights in safetensors, everything else in JSON.
+"""Writing checkpoints (and the training state a run resumes from); reading them is
+`eyefuse.models.checkpoint`, the checkpoint's owner.
+
+Checkpoints without pickle: weights in safetensors, everything else in JSON.
 
 A checkpoint is a folder (`RUN/best`, `RUN/last`) holding
 - `model.safetensors`: the model's state dict (EMA weights when EMA is on, for `best`);
@@ -27,21 +30,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
+import numpy
+import timm
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from eyefuse import __version__
 from eyefuse.errors import CheckpointError
+from eyefuse.models.checkpoint import (
+    FORMAT_VERSION,
+    LABELS_KEY,
+    META_FILE,
+    MODEL_FILE,
+    read_meta,
+    resolve_checkpoint_dir,
+)
 from eyefuse.utils.io import atomic_write_json
 
-MODEL_FILE = "model.safetensors"
-META_FILE = "meta.json"
 STATE_FILE = "train_state.safetensors"
 STATE_JSON = "train_state.json"
-FORMAT_VERSION = 1
-#: Key of the safetensors header that records the label names the weights were trained for, so that
-#: a `meta.json` edited by hand (labels renamed or reordered) is refused instead of mislabelling.
-LABELS_KEY = "eyefuse_label_names"
 
 
 def flatten_state(obj: Any, tensors: dict[str, torch.Tensor], prefix: str = "s") -> Any:
@@ -84,22 +92,14 @@ def unflatten_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
 
 def package_versions() -> dict[str, str]:
     """Versions of the packages that shape a model's numbers."""
-    import numpy
-    import timm
-
-    import eyefuse
-
     versions = {
-        "eyefuse": eyefuse.__version__,
+        "eyefuse": __version__,
         "torch": torch.__version__,
         "timm": timm.__version__,
         "numpy": numpy.__version__,
         "python": platform.python_version(),
     }
-    with contextlib.suppress(ImportError):
-        import cv2
-
-        versions["opencv"] = cv2.__version__
+    versions["opencv"] = cv2.__version__
     return versions
 
 
@@ -130,7 +130,7 @@ def git_commit() -> str | None:
 
 def checkpoint_meta(cfg: Any, label_names: Sequence[str], model: Any) -> dict[str, Any]:
     """The metadata every checkpoint carries: resolved config, label names, preprocessing, the
-    model's own input normalisation (timm's per-backbone mean/std), and no thresholds or
+    model's own input normalization (timm's per-backbone mean/std), and no thresholds or
     temperatures yet (calibration fills them in). The engine adds the run's split, seed and versions."""
     config = cfg.to_dict()
     return {
@@ -188,87 +188,6 @@ def _fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def resolve_checkpoint_dir(path: str | os.PathLike[str]) -> Path:
-    """The checkpoint folder for `path`: the folder itself, a run folder (-> its `best`), or the
-    previous version left by a kill between the two renames of `save_checkpoint`."""
-    path = Path(path)
-    if path.is_file() and path.name in (META_FILE, MODEL_FILE):
-        path = path.parent
-    if (path / META_FILE).is_file():
-        return path
-    if (path / "best" / META_FILE).is_file():
-        return path / "best"
-    old = path.with_name(f".{path.name}.old")
-    if (old / META_FILE).is_file():
-        return old
-    if not path.exists():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    raise CheckpointError(
-        f"{path} is not an eyefuse checkpoint: expected {META_FILE} and {MODEL_FILE} in it "
-        "(or a run folder with best/)"
-    )
-
-
-def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a checkpoint's metadata (JSON only: safe on untrusted files)."""
-    ckpt = resolve_checkpoint_dir(path)
-    try:
-        meta = json.loads((ckpt / META_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{ckpt / META_FILE}: unreadable checkpoint metadata: {e}") from e
-    if not isinstance(meta, dict) or "config" not in meta or "label_names" not in meta:
-        raise CheckpointError(f"{ckpt / META_FILE}: not eyefuse checkpoint metadata (no config/label_names)")
-    version = meta.get("format_version", FORMAT_VERSION)
-    if not isinstance(version, int) or not 1 <= version <= FORMAT_VERSION:
-        raise CheckpointError(
-            f"{ckpt / META_FILE}: format_version {version!r} is not one this eyefuse reads (1 to "
-            f"{FORMAT_VERSION}); a newer eyefuse wrote it, or the file was edited"
-        )
-    names = meta["label_names"]
-    if (
-        not isinstance(names, list)
-        or not names
-        or not all(isinstance(n, str) and n for n in names)
-        or len(set(names)) != len(names)
-    ):
-        raise CheckpointError(
-            f"{ckpt / META_FILE}: label_names must be a list of distinct names, not {names!r}"
-        )
-    saved = _weights_label_names(ckpt / MODEL_FILE)
-    if saved is not None and saved != names:
-        raise CheckpointError(
-            f"{ckpt / META_FILE}: label_names {names} differ from those the weights were saved with "
-            f"{saved} (was the file edited?)"
-        )
-    return meta
-
-
-def _weights_label_names(path: Path) -> list[str] | None:
-    """The label names recorded in a weights file's header (None for files saved before they were
-    recorded, or when the file is missing; `load_model_state` reports that)."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(LABELS_KEY)
-    except Exception:  # missing or corrupt weights: reported when they are loaded
-        return None
-    try:
-        return json.loads(raw) if raw else None
-    except ValueError:
-        return None
-
-
-def load_model_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a checkpoint's weights (safetensors: no code runs while loading)."""
-    ckpt = resolve_checkpoint_dir(path)
-    f = ckpt / MODEL_FILE
-    if not f.is_file():
-        raise CheckpointError(f"{ckpt}: {MODEL_FILE} is missing")
-    try:
-        return load_file(str(f))
-    except Exception as e:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"{f}: unreadable weights: {e}") from e
 
 
 def load_train_state(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Training and validation, readable top to bottom (after torchvision's classification reference):
-`train_one_epoch`, `evaluate`, `fit`. What a run is built from is in `eyefuse.train.setup`, its state
-and what is saved after each epoch in `eyefuse.train.state`, its data in `eyefuse.train.run_data`.
+`train_one_epoch`, `predict_dataset` (the validation pass), `fit`. What a run is built from is in
+`eyefuse.train.setup`, its state and what is saved after each epoch in `eyefuse.train.state`, its
+data in `eyefuse.train.run_data`.
 
 Reproducibility: every random choice of an epoch (patient order, augmentation, dropout) is seeded
 from (seed, epoch, rank) at the start of that epoch, not drawn from a stream that runs across
@@ -27,10 +28,12 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from eyefuse.config import Config, config_from_dict, resume_config
-from eyefuse.data.augment import augment_batch
+from eyefuse.config import Config, resume_config
+from eyefuse.data.augment import augment_batch, eval_transform
 from eyefuse.errors import EyefuseError
-from eyefuse.eval.calibration import scores_from_logits
+from eyefuse.eval.calibration import fit_calibration, scores_from_logits
+from eyefuse.models.checkpoint import CheckpointMeta, load_model
+from eyefuse.models.inputs import model_inputs
 from eyefuse.train import checkpoint as ckpt
 from eyefuse.train.distributed import (
     DistInfo,
@@ -53,22 +56,6 @@ from eyefuse.train.state import Run, TrainState, open_tensorboard, resumable, re
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def model_inputs(
-    model: nn.Module, batch: dict[str, torch.Tensor], channels_last: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Normalised float images for the model from a (possibly augmented) batch."""
-    from eyefuse.data.augment import normalize
-
-    core = _unwrap(model)
-    out = []
-    for side in ("left", "right"):
-        x = normalize(batch[side].float(), core.mean, core.std)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out.append(x)
-    return out[0], out[1]
 
 
 def compute_loss(
@@ -146,7 +133,9 @@ def train_one_epoch(
     for batch in bar:
         batch = _to_device(batch, device)
         batch = augment_batch(batch, cfg.augment, generator=gen)
-        left, right = model_inputs(model, batch, cfg.train.channels_last)
+        left, right = model_inputs(
+            model, batch["left"], batch["right"], channels_last=cfg.train.channels_last
+        )
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             outputs = model(left, right, batch["left_present"], batch["right_present"])
         loss = compute_loss(outputs, batch, criterion, cfg)
@@ -185,7 +174,7 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(
+def predict_dataset(
     model: nn.Module,
     dataset: Dataset,
     device: torch.device,
@@ -196,8 +185,6 @@ def evaluate(
     """Logits for every patient of `dataset`, exactly once across ranks (strided shards, no padding),
     gathered in dataset order on every rank. Returns `logits`, `labels`, `loss` (when a criterion
     is given)."""
-    from eyefuse.data.augment import eval_transform
-
     model.eval()
     idx = shard_indices(len(dataset), info)
     bs = cfg.train.batch_size * 2
@@ -210,7 +197,9 @@ def evaluate(
     loss_sum = torch.zeros((), device=device)
     for batch in loader:
         batch = eval_transform(_to_device(batch, device))
-        left, right = model_inputs(model, batch, cfg.train.channels_last)
+        left, right = model_inputs(
+            model, batch["left"], batch["right"], channels_last=cfg.train.channels_last
+        )
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             outputs = model(left, right, batch["left_present"], batch["right_present"])
         logits = outputs["logits"].float()
@@ -357,7 +346,7 @@ def run_epoch(run: Run, state: TrainState, train_model: nn.Module, epoch: int) -
     broadcast_buffers(state.model, info)
     if state.ema is not None:
         broadcast_buffers(state.ema.module, info)
-    result = evaluate(state.eval_model, run.val_set, run.device, cfg, info, run.criterion)
+    result = predict_dataset(state.eval_model, run.val_set, run.device, cfg, info, run.criterion)
     return {
         "epoch": epoch + 1,
         "train_loss": train_loss,
@@ -425,11 +414,9 @@ def _meta_base(cfg: Config, data: RunData, model: nn.Module) -> dict[str, Any]:
 def calibrate_checkpoint(path: Path, val_set: Dataset, device: torch.device, cfg: Config) -> dict[str, Any]:
     """Fit per-class temperatures and thresholds on the validation split with the checkpoint's own
     weights, and store them (with the split they were fitted on) in its metadata."""
-    from eyefuse.eval.calibration import fit_calibration
-
     print(f"calibration: fitting thresholds and temperatures on {len(val_set)} validation patients")
     model = load_model(path, device=device)
-    result = evaluate(model, val_set, device, cfg)
+    result = predict_dataset(model, val_set, device, cfg)
     calib = fit_calibration(
         result["labels"].astype(int),
         result["logits"],
@@ -437,33 +424,10 @@ def calibrate_checkpoint(path: Path, val_set: Dataset, device: torch.device, cfg
         cfg=cfg.eval,
         label_names=list(model.label_names),
     )
-    meta = ckpt.read_meta(path)
+    meta = CheckpointMeta.read(path)
     fields = {
         **calib,
-        "calibration_split": {"name": "val", "file": meta["split_file"], "hash": meta["split_hash"]},
+        "calibration_split": {"name": "val", "file": meta.split_file, "hash": meta.split_hash},
     }
     ckpt.update_meta(path, **fields)
     return fields
-
-
-def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild a model from a checkpoint folder (config + label names from meta.json, weights from
-    safetensors) in eval mode."""
-    from eyefuse.errors import CheckpointError
-    from eyefuse.models import build_model
-
-    meta = ckpt.read_meta(path)
-    cfg = config_from_dict(meta["config"])
-    model = build_model(cfg.model, meta["label_names"], load_weights=False)  # the checkpoint holds them all
-    state = ckpt.load_model_state(path)
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        raise CheckpointError(f"{path}: weights do not fit the model its config describes: {e}") from e
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{path}: weights do not match the model in its config "
-            f"(missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})"
-        )
-    model.to(device).eval()
-    return model

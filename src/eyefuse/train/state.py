@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 
 from eyefuse.config import Config
 from eyefuse.data.dataset import PairDataset, TensorCache
+from eyefuse.models.checkpoint import load_model_state
 from eyefuse.train import checkpoint as ckpt
 from eyefuse.train.distributed import DistInfo, barrier
 from eyefuse.train.run_data import RunData, epoch_batches, epoch_loader, gpu_batches
@@ -161,7 +162,7 @@ def resume_state(state: TrainState, last: Path) -> None:
     holds a freshly set-up run. A run extended with a larger `train.epochs` continues on the cosine
     schedule rebuilt over the new length, from the step it had reached."""
     train_state = ckpt.load_train_state(last)
-    state.model.load_state_dict(ckpt.load_model_state(last))
+    state.model.load_state_dict(load_model_state(last))
     state.load_state_dict(train_state)
 
 

@@ -13,7 +13,7 @@ first, then the metrics that say what the model does per class), the paper's fou
 every common definition, the per-class table, figures, data and model, and a model card.
 
 `context` is rendered generically (nested dicts flattened to dotted keys); a few keys, as written
-by `eyefuse.eval.evaluate.run_evaluate`, are also read by name: `warnings` (list of strings, shown
+by `eyefuse.workflows.evaluate.run_evaluate`, are also read by name: `warnings` (list of strings, shown
 as boxes at the top), `synthetic` (bool), `evaluated_split` (`{"name", "patients"}` or a name),
 `calibration_split` (the split thresholds and temperatures were fitted on: a name or
 `{"name": ...}`), `threshold_method`, `dataset`, `config_name`, `config_hash`, `checkpoint` and

@@ -20,7 +20,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from eyefuse.data.odir import load_dataset
 from eyefuse.errors import ConfigError
+from eyefuse.serve.explain import (
+    explain_pair,
+    lesion_mask,
+    mask_to_preprocessed,
+    pointing_game,
+    read_lesion_mask,
+)
+from eyefuse.serve.predict import Predictor
 
 DEFAULT_EXCLUDED = ("N", "C")
 
@@ -101,16 +110,6 @@ def pointing_game_study(
 ) -> PointingResult:
     """Play the pointing game on every lesion-bearing eye of `split` of a synthetic dataset, with
     Grad-CAM on the backbone's `last` feature map or the `previous` (finer) stage."""
-    from eyefuse.data.odir import load_dataset
-    from eyefuse.serve.explain import (
-        explain_pair,
-        lesion_mask,
-        mask_to_preprocessed,
-        pointing_game,
-        read_lesion_mask,
-    )
-    from eyefuse.serve.predict import Predictor
-
     dataset = load_dataset(data)
     mask_dir = Path(dataset.root) / "masks"
     if not dataset.synthetic or not mask_dir.is_dir():

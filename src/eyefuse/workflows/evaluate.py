@@ -15,8 +15,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from eyefuse import ODIR_LABELS
+from eyefuse.config import config_from_dict
+from eyefuse.data.dataset import (
+    PairDataset,
+    describe_set_aside,
+    set_aside_reasons,
+    usable_patients,
+    write_set_aside,
+)
+from eyefuse.data.odir import load_dataset
+from eyefuse.data.splits import apply_split
 from eyefuse.errors import ConfigError, DataError
+from eyefuse.eval.metrics import evaluate_predictions, official_score
+from eyefuse.eval.report import format_headline, write_report
+from eyefuse.eval.score import write_submission
+from eyefuse.models.checkpoint import (
+    CheckpointMeta,
+    calibrate,
+    calibrated_probabilities,
+    load_model,
+    resolve_checkpoint_dir,
+)
+from eyefuse.train.engine import predict_dataset
+from eyefuse.train.run_data import prepared_loader
 
 
 @dataclass
@@ -35,7 +59,7 @@ class SplitPredictions:
     prob: np.ndarray
     label_names: tuple[str, ...]
     thresholds: np.ndarray
-    meta: dict[str, Any]
+    meta: CheckpointMeta
     patients: list[Any]
     dataset: Any
     dropped: int
@@ -45,15 +69,15 @@ class SplitPredictions:
 
     @property
     def head(self) -> str:
-        return str(self.meta["config"]["model"]["head"])
+        return self.meta.head
 
     split: str = "test"  #: the split evaluated (the default one when none was asked for)
     set_aside: list[tuple[Any, str, str]] = field(default_factory=list)  #: (patient, split, reason)
 
 
-def _split_file(ckpt_dir: Path, meta: dict[str, Any]) -> Path:
+def _split_file(ckpt_dir: Path, meta: CheckpointMeta) -> Path:
     """The run's split file: as recorded, or beside the run folder when the run was moved."""
-    recorded = Path(meta.get("split_file") or "")
+    recorded = Path(meta.split_file or "")
     if recorded.is_file():
         return recorded
     for candidate in (ckpt_dir.parent / "split.csv", ckpt_dir / "split.csv"):
@@ -83,28 +107,17 @@ def predict_split(
     """Run a checkpoint on every patient of `split` (a name in the run's split file: train, val,
     test, offsite, onsite; None: `default_split`) and return calibrated probabilities. Patients
     whose every eye is missing, excluded or failed preprocessing are set aside and listed."""
-    import torch
-
-    from eyefuse.config import config_from_dict
-    from eyefuse.data.dataset import PairDataset, set_aside_reasons, usable_patients
-    from eyefuse.data.odir import load_dataset
-    from eyefuse.data.splits import apply_split
-    from eyefuse.eval.calibration import calibrated_probabilities
-    from eyefuse.train import checkpoint as ckpt
-    from eyefuse.train.engine import evaluate, load_model
-    from eyefuse.train.run_data import prepared_loader
-
-    ckpt_dir = ckpt.resolve_checkpoint_dir(checkpoint)
-    meta = ckpt.read_meta(ckpt_dir)
-    cfg = config_from_dict(meta["config"])
+    ckpt_dir = resolve_checkpoint_dir(checkpoint)
+    meta = CheckpointMeta.read(ckpt_dir)
+    cfg = config_from_dict(meta.config)
     root = str(data) if data else cfg.data.root
     if not root:
         raise ConfigError("no dataset: pass --data (the checkpoint records none)")
     dataset = load_dataset(root, problem_images=cfg.data.problem_images)
-    if tuple(dataset.label_names) != tuple(meta["label_names"]):
+    if tuple(dataset.label_names) != meta.label_names:
         raise DataError(
             f"the dataset's labels {list(dataset.label_names)} differ from the checkpoint's "
-            f"{meta['label_names']}",
+            f"{list(meta.label_names)}",
             file=root,
         )
     splits = apply_split(dataset, _split_file(ckpt_dir, meta))
@@ -115,7 +128,7 @@ def predict_split(
             raise ConfigError(f"this run's split has no test patients: choose one with --split ({have})")
     if split not in splits or not splits[split]:
         raise ConfigError(f"--split {split!r}: no such split in this run; it has {have}")
-    fitted_on = (meta.get("calibration_split") or {}).get("name")
+    fitted_on = meta.calibration_split_name
     if fitted_on == split and not allow_same_split:
         raise ConfigError(
             f"the thresholds and temperatures of {ckpt_dir} were fitted on the {split!r} split: evaluating "
@@ -133,26 +146,22 @@ def predict_split(
     ds = PairDataset(patients, loader, dataset.label_names, size=cfg.preprocess.size)
     dev = torch.device(device)
     model = load_model(ckpt_dir, device=dev)
-    out = evaluate(model, ds, dev, cfg)
-    n_labels = len(dataset.label_names)
-    temps = meta.get("temperatures")
-    head = cfg.model.head
-    prob = calibrated_probabilities(out["logits"], head, temps)
-    thr = np.asarray(meta.get("thresholds") or [0.5] * n_labels, dtype=np.float64)
+    out = predict_dataset(model, ds, dev, cfg)
+    calibrated = calibrate(out["logits"], meta)
     return SplitPredictions(
         ids=[p.id for p in patients],
         truth=out["labels"].astype(int),
         logits=out["logits"],
-        prob=prob,
+        prob=calibrated.prob,
         label_names=tuple(dataset.label_names),
-        thresholds=thr,
+        thresholds=calibrated.thresholds,
         meta=meta,
         patients=patients,
         dataset=dataset,
         dropped=len(lost),
-        rank_prob=calibrated_probabilities(out["logits"], head, temps, ranking=True),
-        raw_prob=calibrated_probabilities(out["logits"], head),
-        raw_rank_prob=calibrated_probabilities(out["logits"], head, ranking=True),
+        rank_prob=calibrated.rank_prob,
+        raw_prob=calibrated_probabilities(out["logits"], meta.head),
+        raw_rank_prob=calibrated_probabilities(out["logits"], meta.head, ranking=True),
         split=split,
         set_aside=[(p, split, set_aside_reasons(p, loader.failed)) for p in lost],
     )
@@ -180,8 +189,6 @@ def official_variants(sp: SplitPredictions) -> list[dict[str, Any]]:
     head a third row scores the submission CSV as written: one matrix of decision scores, whose
     pooled AUC is that of the decision scores (what the challenge's script would compute).
     """
-    from eyefuse.eval.metrics import official_score
-
     rows = []
     for name, prob, rank in (
         ("raw (no temperatures)", sp.raw_prob, sp.raw_rank_prob),
@@ -226,20 +233,13 @@ def run_evaluate(
 ) -> EvaluateSummary:
     """Predict a split, compute every metric with bootstrap CIs, write the report and the official
     submission CSV into `out`."""
-    from eyefuse import ODIR_LABELS
-    from eyefuse.data.dataset import describe_set_aside, write_set_aside
-    from eyefuse.eval.metrics import evaluate_predictions
-    from eyefuse.eval.report import format_headline, write_report
-    from eyefuse.eval.score import write_submission
-    from eyefuse.train.checkpoint import resolve_checkpoint_dir
-
     t0 = time.perf_counter()
     out = Path(out)
     sp = predict_split(
         checkpoint, split, data=data, allow_same_split=allow_same_split, device=device, progress=progress
     )
     split = sp.split
-    cfg = sp.meta["config"]
+    cfg = sp.meta.config
     boot = cfg["eval"]["bootstrap"] if n_boot is None else n_boot
     if progress:
         print(f"metrics with {boot} bootstrap resamples ...", flush=True)
@@ -253,8 +253,8 @@ def run_evaluate(
         rank_prob=sp.rank_prob,
     )
     evaluation["official_variants"] = official_variants(sp)
-    warnings = list(sp.meta.get("calibration_warnings") or [])
-    fitted_on = (sp.meta.get("calibration_split") or {}).get("name")
+    warnings = list(sp.meta.calibration_warnings)
+    fitted_on = sp.meta.calibration_split_name
     if fitted_on == split:
         warnings.insert(
             0,
@@ -263,7 +263,7 @@ def run_evaluate(
         )
     if split == "train":
         warnings.insert(0, "evaluated on the training split: these numbers say nothing about new patients")
-    if sp.meta.get("thresholds") is None:
+    if sp.meta.thresholds is None:
         warnings.append("the checkpoint has no fitted thresholds: 0.5 used for every class")
     if sp.set_aside:
         write_set_aside(out / "set_aside.csv", sp.set_aside)
@@ -277,24 +277,24 @@ def run_evaluate(
         },
         "synthetic": bool(sp.dataset.synthetic),
         "evaluated_split": {"name": split, "patients": len(sp.ids)},
-        "split_sizes": sp.meta.get("split_sizes"),
+        "split_sizes": sp.meta.split_sizes,
         "prevalence": {n: float(sp.truth[:, j].mean()) for j, n in enumerate(sp.label_names)},
         "preprocess": cfg["preprocess"],
         "model": cfg["model"],
         "config_name": cfg.get("name"),
-        "config_hash": sp.meta.get("config_hash"),
+        "config_hash": sp.meta.config_hash,
         "checkpoint": str(ckpt_dir),
-        "checkpoint_epoch": sp.meta.get("epoch"),
+        "checkpoint_epoch": sp.meta.epoch,
         "calibration_split": fitted_on,
-        "threshold_method": sp.meta.get("threshold_method"),
-        "temperatures": sp.meta.get("temperatures"),
+        "threshold_method": sp.meta.threshold_method,
+        "temperatures": list(sp.meta.temperatures) if sp.meta.calibrated else None,
         "scores": {
             **SCORE_SOURCES[sp.head],
             "official": "kappa and F1: decisions > 0.5 (not the fitted thresholds); AUC: ranking, pooled",
             "per_label_probabilities": sp.head == "sigmoid",
         },
-        "versions": sp.meta.get("versions"),
-        "git_commit": sp.meta.get("git_commit"),
+        "versions": sp.meta.versions,
+        "git_commit": sp.meta.git_commit,
         "warnings": warnings,
     }
     metrics_csv = ckpt_dir.parent / "metrics.csv"

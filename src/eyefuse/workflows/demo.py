@@ -17,8 +17,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eyefuse.config import load_config
+from eyefuse.data.prepare import prepare_dataset
+from eyefuse.data.synth import synthesize
 from eyefuse.errors import ConfigError
-from eyefuse.eval.compare import Comparison
+from eyefuse.eval.compare import (
+    Comparison,
+    official_final,
+    paired_comparison,
+    ranking_macro_auroc,
+    stack_scores,
+)
+from eyefuse.train.engine import fit
+from eyefuse.workflows.evaluate import predict_split, run_evaluate
 
 
 @dataclass
@@ -63,13 +74,6 @@ def run_demo(
     The headline and report are those of the first seed's fused model (`out/run`); further seeds
     train into `out/run-seed{k}`, the baseline into `out/run-single` and `out/run-single-seed{k}`.
     """
-    from eyefuse.config import load_config
-    from eyefuse.data.prepare import prepare_dataset
-    from eyefuse.data.synth import synthesize
-    from eyefuse.eval.compare import official_final, paired_comparison, ranking_macro_auroc, stack_scores
-    from eyefuse.eval.evaluate import predict_split, run_evaluate
-    from eyefuse.train.engine import fit
-
     if compare_single and seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, not {seeds}")
     t0 = time.perf_counter()

@@ -47,8 +47,15 @@ from typing import Any
 import numpy as np
 import yaml
 
+from eyefuse.config import load_config
+from eyefuse.data.odir import load_dataset
+from eyefuse.data.splits import split_dataset
 from eyefuse.errors import ConfigError
+from eyefuse.eval.compare import official_final, paired_comparison, ranking_macro_auroc, stack_scores
+from eyefuse.eval.metrics import macro_auroc, official_score
+from eyefuse.train.engine import fit
 from eyefuse.utils.io import atomic_write_json, atomic_write_text
+from eyefuse.workflows.evaluate import predict_split
 
 PAPER_GRID: dict[str, Any] = {
     "base": "paper",
@@ -125,8 +132,6 @@ def load_grid(grid: str) -> dict[str, Any]:
 
 def grid_cells(spec: dict[str, Any]) -> list[Cell]:
     """The cells of a grid; the first is the reference (the base config as it is)."""
-    from eyefuse.config import load_config
-
     base = load_config(spec["base"], list(spec.get("set") or []))
     ref_values = {key: _get(base, key) for key in spec["factors"]}
     cells = [Cell("reference", {}, reference=True)]
@@ -188,10 +193,6 @@ def run_ablation(
 
     With `table_only`, nothing trains: the table covers the seeds that every cell has finished.
     `seeds` replaces the grid's seeds (e.g. 3 seeds at full size where a GPU is at hand)."""
-    from eyefuse.config import load_config
-    from eyefuse.data.odir import load_dataset
-    from eyefuse.data.splits import split_dataset
-
     out = Path(out)
     spec = load_grid(grid)
     spec["set"] = [*list(spec.get("set") or []), *(extra_set or [])]
@@ -255,10 +256,6 @@ def _train_and_evaluate(
     spec: dict[str, Any],
     progress: bool,
 ) -> None:
-    from eyefuse.config import load_config
-    from eyefuse.eval.evaluate import predict_split
-    from eyefuse.eval.metrics import macro_auroc, official_score
-    from eyefuse.train.engine import fit
 
     t0, cpu0 = time.perf_counter(), time.process_time()
     cfg = load_config(base, overrides)
@@ -301,8 +298,6 @@ def _read_predictions(run_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]
     """IDs, truth and the `stack_scores` entry (decisions and ranking scores, ``N x 2 x L``).
 
     A cell written before ranking scores were stored (``rank_*`` columns) ranks its decisions."""
-    from eyefuse.eval.compare import stack_scores
-
     with open(run_dir / "predictions.csv", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     header, body = rows[0], rows[1:]
@@ -318,8 +313,6 @@ def _read_predictions(run_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]
 
 
 def _scores(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
-    from eyefuse.eval.compare import official_final, ranking_macro_auroc
-
     return official_final(truth, pred), ranking_macro_auroc(truth, pred)
 
 
@@ -328,8 +321,6 @@ def _table(
 ) -> tuple[list[dict[str, Any]], str]:
     """Per cell: official final and macro AUROC (mean over seeds) with bootstrap CIs, and the
     paired comparison with the reference cell (`paired_comparison`: difference, 95 % CI, verdict)."""
-    from eyefuse.eval.compare import official_final, paired_comparison, ranking_macro_auroc
-
     n_boot = int(spec.get("bootstrap", 1000))
     preds = {
         (c.name, s): _read_predictions(out / "cells" / c.name / f"seed{s}")
