@@ -242,6 +242,7 @@ def test_fit_with_ema_sgd_workers_and_early_stopping(synth_dataset: Path, tmp_pa
     )
     cfg.data.root = str(synth_dataset)
     result = fit(cfg, tmp_path / "run", progress=False)
+    assert result.seconds > 0 and result.cpu_seconds > 0 and "CPU-minutes" in str(result)
     assert cfg.train.select_metric == "val_macro_auroc"  # the default chooses the best checkpoint
     finals = [row["val_macro_auroc"] for row in result.history]
     # patience 1: the run ends right after the first epoch that does not beat the best so far

@@ -141,3 +141,10 @@ def test_save_epoch_writes_best_last_and_stops_early_and_resume_reads_it_back(
     assert len(moments) == len(expected) > 0
     for a, b in zip(moments, expected, strict=True):
         assert all(torch.equal(a[k], b[k]) if torch.is_tensor(b[k]) else a[k] == b[k] for k in b)
+
+
+def test_fit_result_states_wall_and_cpu_time() -> None:
+    from eyefuse.train.engine import FitResult
+
+    result = FitResult(Path("run"), 0, 0.5, "val_macro_auroc", 1, [], False, seconds=90.0, cpu_seconds=150.0)
+    assert "time: 1.5 min wall, 2.5 CPU-minutes" in str(result)

@@ -18,7 +18,7 @@ import shutil
 import signal
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +253,8 @@ class FitResult:
     epochs_run: int
     history: list[dict[str, float]]
     stopped_early: bool
+    seconds: float = 0.0  #: wall time of this process's part of the run (a resumed run: since resuming)
+    cpu_seconds: float = 0.0  #: CPU time of all its threads: the cost on a machine shared with other work
 
     def __str__(self) -> str:
         last = self.history[-1] if self.history else {}
@@ -268,6 +270,11 @@ class FitResult:
                 f"val final {last['val_final']:.4f}  val macro AUROC {last['val_macro_auroc']:.4f}"
             )
         lines.append(f"checkpoints: {self.run_dir / 'best'}  {self.run_dir / 'last'}")
+        lines.append(
+            f"time: {self.seconds / 60:.1f} min wall, {self.cpu_seconds / 60:.1f} CPU-minutes "
+            f"({torch.get_num_threads()} threads; on an idle machine the wall time is about "
+            "CPU-minutes / threads)"
+        )
         return "\n".join(lines)
 
 
@@ -288,6 +295,7 @@ def fit(
     """Train `cfg` into `run_dir` (config.yaml, split.csv, metrics.csv, best/, last/); with `resume`
     continue from `run_dir/last`. At the end, fit thresholds and temperatures on the validation split
     and store them in `best`."""
+    t0, cpu0 = time.perf_counter(), time.process_time()
     run_dir = Path(run_dir)
     cfg.validate()  # before anything is written: a refused config leaves no run folder behind
     resume = resume and resumable(run_dir)
@@ -310,7 +318,8 @@ def fit(
                 break
         if writer is not None:
             writer.close()
-        return finish_run(run, state, stopped_early)
+        result = finish_run(run, state, stopped_early)
+        return replace(result, seconds=time.perf_counter() - t0, cpu_seconds=time.process_time() - cpu0)
     except EyefuseError:
         # A run refused before its first checkpoint leaves nothing behind that it created.
         if info.is_main and created and run_dir.is_dir() and not (run_dir / "last").exists():
