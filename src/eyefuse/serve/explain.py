@@ -1,5 +1,9 @@
 """Grad-CAM per eye through the two-branch model, spatial attention maps, and the pointing game.
 
+Over 500 lines on purpose: one job, explaining a decision, whose parts (the two-branch Grad-CAM,
+the joint normalization of both eyes, the attention maps, and the overlays drawn from them) share
+the map geometry (field-of-view square, stage resolution) that a split would have to pass around.
+
 Grad-CAM (Selvaraju et al. 2017) is computed on each eye's last feature map (after the last-stage
 attention, before fusion), or with `layer="previous"` on the output of the stage before it, whose
 map is twice as fine (10 x 10 instead of 5 x 5 at 160 px): a map's peak can only fall on one of
