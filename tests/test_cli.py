@@ -321,7 +321,7 @@ def test_split_test_fraction_and_train_split(
 
 
 def test_dir_takes_every_format_left_takes(tmp_path: Path) -> None:
-    from eyefuse.serve.predict import pairs_from_dir
+    from eyefuse.serve.pairs import pairs_from_dir
 
     draw_eye(tmp_path / "3_left.bmp")
     draw_eye(tmp_path / "3_right.webp")

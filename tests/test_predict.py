@@ -18,14 +18,8 @@ from eyefuse.errors import CheckpointError, ConfigError, DataError
 from eyefuse.models import build_model
 from eyefuse.models.checkpoint import CheckpointMeta, calibrated_probabilities
 from eyefuse.models.inputs import normalize
-from eyefuse.serve.predict import (
-    PatientPrediction,
-    Predictor,
-    pairs_from_csv,
-    pairs_from_dir,
-    run_predict,
-    write_predictions,
-)
+from eyefuse.serve.pairs import pairs_from_csv, pairs_from_dir
+from eyefuse.serve.predict import PatientPrediction, Predictor, run_predict, write_predictions
 from eyefuse.train.checkpoint import update_meta
 from helpers import SIZE, draw_eye, make_checkpoint
 
