@@ -1,5 +1,9 @@
 """Prediction for new patients from a checkpoint folder, a run folder or an exported ONNX model.
 
+Over 500 lines on purpose: one job, from photographs to written decisions, whose steps (the
+`Predictor` for PyTorch and ONNX models, the prediction records, the JSON/CSV writing and the
+summary) share the prediction record; which files make which patient is in `eyefuse.serve.pairs`.
+
 A patient is a pair of photographs (left and right eye). Each eye is preprocessed with the settings
 stored in the checkpoint; an eye that is missing or cannot be preprocessed is treated as absent (the
 model takes presence flags) and the patient is predicted from the other eye with a warning. A patient
