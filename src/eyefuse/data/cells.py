@@ -12,11 +12,11 @@ import numpy as np
 
 from eyefuse import ODIR_LABELS
 from eyefuse.data.layouts import ODIR_COLUMNS, SPLIT_COLUMN, SPLIT_SOURCES, ZH_SEX
-from eyefuse.data.tables import Table, cell_text, norm_col
+from eyefuse.data.tables import SheetTable, cell_text, norm_col
 from eyefuse.errors import DataError
 
 
-def parse_label(value: Any, table: Table, row: int, column: str) -> int:
+def parse_label(value: Any, table: SheetTable, row: int, column: str) -> int:
     """A 0/1 label cell as an int; anything else is a DataError naming the cell."""
     text = cell_text(value)
     if text == "":
@@ -32,7 +32,7 @@ def parse_label(value: Any, table: Table, row: int, column: str) -> int:
     return int(number)
 
 
-def _parse_age(value: Any, table: Table, row: int, column: str) -> int | None:
+def _parse_age(value: Any, table: SheetTable, row: int, column: str) -> int | None:
     text = cell_text(value)
     if text == "":
         return None
@@ -62,7 +62,7 @@ class OdirRow:
     source: str | None = None  # from an optional `split` column
 
 
-def _row_source(table: Table, row: int, cells: list[Any]) -> str | None:
+def _row_source(table: SheetTable, row: int, cells: list[Any]) -> str | None:
     """The source a `split` cell names (None when the table has no such column)."""
     idx = [i for i, h in enumerate(table.header) if norm_col(h) == SPLIT_COLUMN]
     if not idx:
@@ -79,7 +79,7 @@ def _row_source(table: Table, row: int, cells: list[Any]) -> str | None:
     return source
 
 
-def odir_rows(table: Table, extra: Sequence[str] = ()) -> list[OdirRow]:
+def odir_rows(table: SheetTable, extra: Sequence[str] = ()) -> list[OdirRow]:
     """Validate an ODIR table's columns and cells (IDs are not checked for duplicates here)."""
     cols = table.columns([*ODIR_COLUMNS, *extra])
     out: list[OdirRow] = []
@@ -115,7 +115,7 @@ def odir_rows(table: Table, extra: Sequence[str] = ()) -> list[OdirRow]:
     return out
 
 
-def check_unique_ids(table: Table, ids: Iterable[tuple[int, str]], column: str) -> None:
+def check_unique_ids(table: SheetTable, ids: Iterable[tuple[int, str]], column: str) -> None:
     """Refuse a patient ID that appears twice in one table, naming both rows."""
     first: dict[str, int] = {}
     for number, pid in ids:

@@ -17,7 +17,7 @@ from eyefuse.data.images import SEARCH_DEPTH, FileIndex, MissingImages, find_ima
 from eyefuse.data.keywords import KeywordResult, keyword_labels, split_keywords
 from eyefuse.data.layouts import KAGGLE_IMAGE_DIRS, ODIR_COLUMNS, OIA_SPLITS, PAIRED_COLUMNS
 from eyefuse.data.records import SIDES, Patient
-from eyefuse.data.tables import Table, cell_text, is_lock_or_hidden, norm_col, read_table
+from eyefuse.data.tables import SheetTable, cell_text, is_lock_or_hidden, norm_col, read_table
 from eyefuse.errors import DataError
 
 
@@ -54,7 +54,7 @@ class Loaded:
         self.notes += other.notes
 
 
-def _blank_note(table: Table) -> list[str]:
+def _blank_note(table: SheetTable) -> list[str]:
     if not table.blank_rows:
         return []
     return [f"{table.path.name}: skipped {table.blank_rows} blank row(s)"]

@@ -21,7 +21,7 @@ from eyefuse.errors import DataError
 
 
 @dataclass
-class Table:
+class SheetTable:
     """A spreadsheet or CSV as strings-or-values: header + (spreadsheet row number, cells)."""
 
     path: Path
@@ -89,7 +89,7 @@ def cell_text(value: Any) -> str:
     return str(value).strip()
 
 
-def read_table(path: str | os.PathLike[str]) -> Table:
+def read_table(path: str | os.PathLike[str]) -> SheetTable:
     """Read the first sheet of an xlsx workbook or a UTF-8 CSV, told apart by content (see
     `table_kind`). Raises DataError for an empty, unreadable or header-less file."""
     path = Path(path)
@@ -122,7 +122,7 @@ def read_table(path: str | os.PathLike[str]) -> Table:
         rows.append((number, cells))
     if header is None:
         raise DataError("file has no rows (expected a header row)", file=path)
-    return Table(path=path, header=header, rows=rows, blank_rows=blank)
+    return SheetTable(path=path, header=header, rows=rows, blank_rows=blank)
 
 
 OLD_XLS = "an old binary Excel (.xls) file is not supported; save it as .xlsx or .csv"
