@@ -97,6 +97,11 @@ def test_predict_exit_codes(checkpoint: Path, tmp_path: Path, capsys: pytest.Cap
     assert _run([*ck, "--left", good_l, "--right", good_r], capsys)[0] == EXIT_OK
     rc, out, _ = _run([*ck, "--left", good_l, "--right", bad], capsys)
     assert rc == EXIT_PARTIAL and "unusable" in out  # predicted from one eye, the other failed
+    one_eye = tmp_path / "one_eye.json"
+    assert _run([*ck, "--left", good_l, "--right", bad, "--out", one_eye], capsys)[0] == EXIT_PARTIAL
+    assert json.loads(one_eye.read_text())["predictions"][0]["unusable_eyes"] == ["right"]
+    # an eye not given at all is not an unusable photograph: exit 0
+    assert _run([*ck, "--left", good_l], capsys)[0] == EXIT_OK
     rc, out, _ = _run([*ck, "--left", bad, "--right", bad], capsys)
     assert rc == EXIT_USAGE and "FAILED" in out  # nothing could be predicted
     rc, _, err = _run([*ck, "--left", tmp_path / "missing.jpg", "--right", good_r], capsys)

@@ -453,7 +453,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     counts = summary.counts
     if counts["predicted"] == 0:
         return EXIT_USAGE  # nothing could be predicted: no usable photograph at all
-    unusable_eye = any("unusable" in w for p in summary.predictions if not p.failed for w in p.warnings)
+    unusable_eye = any(p.unusable_eyes for p in summary.predictions if not p.failed)
     return EXIT_PARTIAL if counts["failed"] or unusable_eye else EXIT_OK
 
 

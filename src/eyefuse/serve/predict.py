@@ -85,6 +85,8 @@ class PatientPrediction:
         labels: labels decided positive (`probability > threshold`), in label order.
         thresholds: label -> decision threshold used.
         warnings: one line per problem that did not stop the prediction (e.g. an unusable eye).
+        unusable_eyes: the sides whose photograph was given but could not be used (the patient was
+            predicted from the other eye; the CLI's exit status 1 rests on it, not on the wording).
         failed: True when neither eye could be used; `error` says why.
     """
 
@@ -93,6 +95,7 @@ class PatientPrediction:
     labels: list[str] = field(default_factory=list)
     thresholds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    unusable_eyes: list[str] = field(default_factory=list)
     failed: bool = False
     error: str | None = None
 
@@ -104,6 +107,7 @@ class PatientPrediction:
             "labels": list(self.labels),
             "thresholds": {k: float(v) for k, v in self.thresholds.items()},
             "warnings": list(self.warnings),
+            "unusable_eyes": list(self.unusable_eyes),
             "failed": self.failed,
             "error": self.error,
         }
@@ -119,6 +123,7 @@ class PreparedPair:
     fovs: dict[str, Any]
     warnings: list[str]
     error: str | None = None
+    unusable: tuple[str, ...] = ()  #: sides given but not usable (preprocessing failed)
 
     @property
     def failed(self) -> bool:
@@ -223,6 +228,7 @@ class Predictor:
         fovs: dict[str, Any] = {}
         problems: dict[str, str] = {}
         notes: dict[str, list[str]] = {side: [] for side in SIDES}
+        unusable: list[str] = []  # given but not usable (a missing eye is not a failed photograph)
         for side, source in zip(SIDES, (left, right), strict=True):
             images[side], fovs[side] = None, None
             if source is None:
@@ -241,6 +247,7 @@ class Predictor:
                 )
             except PreprocessError as e:
                 problems[side] = f"{side} eye unusable: {e}"
+                unusable.append(side)
         if len(problems) == 2:
             return PreparedPair(
                 patient_id, images, fovs, [], error="no usable eye: " + "; ".join(problems.values())
@@ -250,7 +257,7 @@ class Predictor:
             for side, msg in problems.items()
         ]
         warnings += input_warnings(images, same_file=same_photograph(left, right), notes=notes)
-        return PreparedPair(patient_id, images, fovs, warnings)
+        return PreparedPair(patient_id, images, fovs, warnings, unusable=tuple(unusable))
 
     # -- model --
 
@@ -305,6 +312,7 @@ class Predictor:
             labels=[k for k, v, t in zip(names, prob, self.thresholds, strict=True) if v > t],
             thresholds={k: float(t) for k, t in zip(names, self.thresholds, strict=True)},
             warnings=list(prepared.warnings),
+            unusable_eyes=list(prepared.unusable),
         )
 
     def predict_pairs(
