@@ -52,11 +52,11 @@ class CountingPreprocess:
         self.calls: list[str] = []
         self.interrupt_on = interrupt_on
 
-    def __call__(self, path, cfg):
+    def __call__(self, path, cfg, notes=None):
         self.calls.append(str(path))
         if self.interrupt_on is not None and len(self.calls) == self.interrupt_on:
             raise KeyboardInterrupt
-        return preprocess_image(path, cfg)
+        return preprocess_image(path, cfg, notes=notes)
 
 
 @pytest.fixture
@@ -242,3 +242,21 @@ def test_parallel_prepare_reports_failures_and_duplicates(tmp_path: Path) -> Non
     ]
     rerun = prepare_images(paths, CFG, tmp_path / "cache", workers=2, progress=False)
     assert (rerun.cached, rerun.done, len(rerun.failed)) == (3, 0, 2)
+
+
+def test_corrupt_jpeg_data_is_used_and_listed_as_a_note_in_the_report(tmp_path: Path) -> None:
+    good = fundus_jpeg(tmp_path / "img" / "good.jpg", seed=1)
+    data = bytearray(fundus_jpeg(tmp_path / "img" / "src.jpg", seed=2).read_bytes())
+    mid = (data.index(b"\xff\xda") + len(data)) // 2
+    data[mid : mid + 6] = b"\xff\xd5\xff\xd3\x00\xff"  # stray restart markers: libjpeg warns, decodes
+    corrupt = tmp_path / "img" / "corrupt.jpg"
+    corrupt.write_bytes(bytes(data))
+    result = prepare_images([good, corrupt], CFG, tmp_path / "cache", workers=1, progress=False)
+    assert (result.done, result.failed) == (2, [])
+    assert [p for p, _ in result.notes] == [str(corrupt)]
+    assert result.notes[0][1].startswith("corrupt JPEG data")
+    report = tmp_path / "prepare_report.csv"
+    write_prepare_report(result, report, excluded=[("eye.jpg", "not a fundus photograph")])
+    with open(report, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["path"], r["status"]) for r in rows] == [("eye.jpg", "excluded"), (str(corrupt), "note")]

@@ -30,7 +30,7 @@ import os
 import sys
 import time
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -138,8 +138,9 @@ class PreprocessCache:
         self._store(entry, image)
         return image
 
-    def ensure(self, path: Path | str) -> bool:
-        """Make sure a sound entry exists for `path`; True if it had to be computed.
+    def ensure(self, path: Path | str, notes: list[str] | None = None) -> bool:
+        """Make sure a sound entry exists for `path`; True if it had to be computed. `notes` receives
+        what did not stop preprocessing (corrupt JPEG data) when it is computed now.
 
         Raises:
             PreprocessError: the photograph cannot be preprocessed.
@@ -147,7 +148,7 @@ class PreprocessCache:
         entry = self.entry_path(path)
         if self._read(entry, path) is not None:
             return False
-        image, _ = preprocess_image(path, self.cfg)
+        image, _ = preprocess_image(path, self.cfg, notes=notes)
         self._store(entry, image)
         return True
 
@@ -212,6 +213,8 @@ class PrepareResult:
         done: preprocessed and stored by this run.
         failed: `(path, reason)` of each photograph that could not be preprocessed.
         duplicates: paths listed more than once (processed once).
+        notes: `(path, note)` of what did not stop preprocessing (corrupt JPEG data), for the
+            photographs preprocessed by this run.
         stale_tmp_removed: temporary files of killed earlier runs that were deleted.
     """
 
@@ -222,6 +225,7 @@ class PrepareResult:
     done: int = 0
     failed: list[tuple[str, str]] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
+    notes: list[tuple[str, str]] = field(default_factory=list)
     stale_tmp_removed: int = 0
 
     @property
@@ -253,13 +257,14 @@ def _init_worker(cache: PreprocessCache) -> None:
     _worker_cache = cache
 
 
-def _prepare_one(path: str) -> tuple[str, bool, str | None]:
-    """(path, newly computed, failure reason or None), in a worker or inline."""
+def _prepare_one(path: str) -> tuple[str, bool, str | None, list[str]]:
+    """(path, newly computed, failure reason or None, notes), in a worker or inline."""
     assert _worker_cache is not None
+    notes: list[str] = []
     try:
-        return path, _worker_cache.ensure(path), None
+        return path, _worker_cache.ensure(path, notes), None, notes
     except PreprocessError as e:
-        return path, False, e.reason
+        return path, False, e.reason, notes
 
 
 def _usable_cores() -> int:
@@ -327,29 +332,30 @@ def prepare_images(
         dynamic_ncols=True,
     )
     bar.set_postfix_str(f"{result.cached} already cached")
-    outcomes: dict[str, tuple[bool, str | None]] = {}
+    outcomes: dict[str, tuple[bool, str | None, list[str]]] = {}
     try:
         if n_workers <= 1:
             previous = _worker_cache
             _worker_cache = cache
             try:
                 for p in todo:
-                    _, new, reason = _prepare_one(p)
-                    outcomes[p] = (new, reason)
+                    _, new, reason, notes = _prepare_one(p)
+                    outcomes[p] = (new, reason, notes)
                     bar.update()
             finally:
                 _worker_cache = previous
         else:
             chunksize = max(1, min(16, len(todo) // (n_workers * 8)))
             with _mp_context().Pool(n_workers, initializer=_init_worker, initargs=(cache,)) as pool:
-                for p, new, reason in pool.imap_unordered(_prepare_one, todo, chunksize=chunksize):
-                    outcomes[p] = (new, reason)
+                for p, new, reason, notes in pool.imap_unordered(_prepare_one, todo, chunksize=chunksize):
+                    outcomes[p] = (new, reason, notes)
                     bar.update()
     finally:
         bar.close()
 
     for p in todo:  # report in input order, whatever order the workers finished in
-        new, reason = outcomes[p]
+        new, reason, notes = outcomes[p]
+        result.notes += [(p, note) for note in notes]
         if reason is not None:
             result.failed.append((p, reason))
         elif new:
@@ -359,14 +365,22 @@ def prepare_images(
     return result
 
 
-def write_prepare_report(result: PrepareResult, path: Path | str) -> None:
-    """Write `path,status,reason` for every photograph not preprocessed normally (status `failed`)
-    and every duplicate listing (status `duplicate`), atomically. A header-only file means none."""
+def write_prepare_report(
+    result: PrepareResult, path: Path | str, excluded: Sequence[tuple[str, str]] = ()
+) -> None:
+    """Write `path,status,reason` for every eye left out before preprocessing (status `excluded`,
+    given by the caller), every photograph that failed (`failed`), every one used despite a problem
+    such as corrupt JPEG data (`note`) and every duplicate listing (`duplicate`), atomically. A
+    header-only file means none."""
     with atomic_open(path, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
+        writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["path", "status", "reason"])
+        for p, reason in excluded:
+            writer.writerow([p, "excluded", reason])
         for p, reason in result.failed:
             writer.writerow([p, "failed", reason])
+        for p, note in result.notes:
+            writer.writerow([p, "note", note])
         for p in result.duplicates:
             writer.writerow([p, "duplicate", "listed more than once; preprocessed once"])
 

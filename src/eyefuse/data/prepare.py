@@ -8,17 +8,14 @@ preprocessing. The summary counts each kind; nothing is skipped silently.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from eyefuse.config import PreprocessConfig
-from eyefuse.data.cache import prepare_images
+from eyefuse.data.cache import prepare_images, write_prepare_report
 from eyefuse.data.odir import keyword_report, load_dataset
-from eyefuse.utils.io import atomic_write_text
 
 
 def default_cache_dir(data: str | os.PathLike[str]) -> Path:
@@ -42,6 +39,8 @@ class PrepareSummary:
     report_path: Path
     seconds: float
     notes: list[str] = field(default_factory=list)
+    #: `(path, note)` of photographs used despite a problem (corrupt JPEG data), this run's only
+    image_notes: list[tuple[str, str]] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [
@@ -54,6 +53,11 @@ class PrepareSummary:
             lines.append(f"  failed: {path}: {reason}")
         if len(self.failed) > 10:
             lines.append(f"  ... and {len(self.failed) - 10} more")
+        if self.image_notes:
+            lines.append(
+                f"used with a note: {len(self.image_notes)} photograph(s) (e.g. corrupt JPEG data), "
+                "listed in the report"
+            )
         lines += [f"note: {n}" for n in self.notes]
         lines.append(self.keyword_report)
         lines.append(f"cache: {self.cache_dir}")
@@ -97,15 +101,8 @@ def prepare_dataset(
     paths = sorted(set(paths))
     result = prepare_images(paths, cfg, cache_root, workers=workers, progress=progress)
 
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "status", "reason"])
-    for path, reason in excluded:
-        w.writerow([path, "excluded", reason])
-    for path, reason in result.failed:
-        w.writerow([str(path), "failed", reason])
     report_path = cache_root / "prepare_report.csv"
-    atomic_write_text(report_path, buf.getvalue())
+    write_prepare_report(result, report_path, excluded)
     return PrepareSummary(
         data=str(data),
         format=dataset.format,
@@ -114,6 +111,7 @@ def prepare_dataset(
         already_cached=result.cached,
         prepared=result.done,
         failed=[(str(p), r) for p, r in result.failed],
+        image_notes=[(str(p), n) for p, n in result.notes],
         excluded=excluded,
         keyword_report=str(report),
         cache_dir=cache_root,
