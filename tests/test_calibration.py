@@ -67,8 +67,10 @@ def test_apply_temperatures_divides_and_checks() -> None:
 def test_fit_refuses_probabilities_with_nan_and_bad_bounds() -> None:
     truth, logits = _miscalibrated((1.0,), n=50)
     logits[0, 0] = np.nan
-    with pytest.raises(DataError, match="NaN"):
+    with pytest.raises(DataError, match="logits has 1 NaN/infinite value.*patient 0, label 0"):
         fit_temperatures(truth, logits)
+    logits[0, 0] = 7.5  # logits are any finite number (only probabilities must lie in [0, 1])
+    assert fit_temperatures(truth, logits) is not None
     with pytest.raises(ConfigError):
         fit_temperatures(truth, np.zeros_like(logits), bounds=(2.0, 3.0))
 

@@ -32,18 +32,7 @@ TEMPERATURE_BOUNDS = (0.01, 100.0)
 
 
 def _check_logits(truth: Any, logits: Any) -> tuple[np.ndarray, np.ndarray]:
-    truth = np.asarray(truth)
-    logits = np.asarray(logits, dtype=np.float64)
-    if logits.ndim != 2 or truth.shape != logits.shape:
-        raise DataError(
-            f"truth and logits must be matrices of the same shape (patients x labels), "
-            f"got {truth.shape} and {logits.shape}"
-        )
-    if not np.isfinite(logits).all():
-        raise DataError(f"logits hold {int((~np.isfinite(logits)).sum())} NaN/infinite value(s)")
-    # Reuse the 0/1 and shape checks of the metrics module with a dummy in-range matrix.
-    truth, _ = check_truth_prob(truth, np.zeros_like(logits))
-    return truth, logits
+    return check_truth_prob(truth, logits, what="logits", unit_interval=False)
 
 
 def _bce(y: np.ndarray, z: np.ndarray) -> float:

@@ -12,11 +12,14 @@ import numpy as np
 from eyefuse.errors import ConfigError, DataError
 
 
-def check_truth_prob(truth: Any, prob: Any, *, what: str = "prob") -> tuple[np.ndarray, np.ndarray]:
-    """Validate a (patients x labels) 0/1 truth matrix and a same-shaped probability matrix.
+def check_truth_prob(
+    truth: Any, prob: Any, *, what: str = "prob", unit_interval: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a (patients x labels) 0/1 truth matrix and a same-shaped finite score matrix.
 
     Returns `(truth as uint8, prob as float64)`. Raises `DataError` naming the first bad cell, so a
-    logit matrix passed by mistake (values outside [0, 1]) is refused instead of scored.
+    logit matrix passed by mistake (values outside [0, 1]) is refused instead of scored; with
+    `unit_interval=False` the scores may be any finite number (logits, for calibration).
     """
     truth = np.asarray(truth)
     prob = np.asarray(prob, dtype=np.float64)
@@ -37,7 +40,7 @@ def check_truth_prob(truth: Any, prob: Any, *, what: str = "prob") -> tuple[np.n
         raise DataError(
             f"{what} has {int(nonfinite.sum())} NaN/infinite value(s); first at patient {r}, label {c}"
         )
-    outside = (prob < 0) | (prob > 1)
+    outside = ((prob < 0) | (prob > 1)) if unit_interval else np.zeros(prob.shape, dtype=bool)
     if outside.any():
         r, c = np.argwhere(outside)[0]
         raise DataError(
