@@ -31,10 +31,6 @@ from eyefuse.models.checkpoint import calibrated_probabilities
 TEMPERATURE_BOUNDS = (0.01, 100.0)
 
 
-def _check_logits(truth: Any, logits: Any) -> tuple[np.ndarray, np.ndarray]:
-    return check_truth_prob(truth, logits, what="logits", unit_interval=False)
-
-
 def _bce(y: np.ndarray, z: np.ndarray) -> float:
     """Mean binary cross-entropy of logits `z`, in the stable form softplus(z) - y*z."""
     return float(np.mean(np.logaddexp(0.0, z) - y * z))
@@ -101,7 +97,7 @@ def fit_temperatures(
     """
     if not 0 < bounds[0] < 1 < bounds[1]:
         raise ConfigError(f"temperature bounds must satisfy 0 < min < 1 < max, got {bounds}")
-    truth, logits = _check_logits(truth, logits)
+    truth, logits = check_truth_prob(truth, logits, what="logits", unit_interval=False)
     n_labels = truth.shape[1]
     names = list(label_names) if label_names is not None else [str(j) for j in range(n_labels)]
     temps = np.ones(n_labels)
@@ -148,7 +144,7 @@ def fit_softmax_temperature(
     """
     if not 0 < bounds[0] < 1 < bounds[1]:
         raise ConfigError(f"temperature bounds must satisfy 0 < min < 1 < max, got {bounds}")
-    truth, logits = _check_logits(truth, logits)
+    truth, logits = check_truth_prob(truth, logits, what="logits", unit_interval=False)
     counts = truth.sum(axis=1, keepdims=True)
     if not counts.any():
         raise DataError("no patient has a label: a softmax temperature cannot be fitted")
@@ -250,7 +246,7 @@ def fit_calibration(
     `threshold_method`, `calibration_warnings`, and the validation ECE before and after (None for
     the softmax head, whose scores are not per-label probabilities: an ECE would measure nothing).
     """
-    truth, logits = _check_logits(truth, logits)
+    truth, logits = check_truth_prob(truth, logits, what="logits", unit_interval=False)
     n_labels = truth.shape[1]
     warnings: list[str] = []
     temps = np.ones(1 if head == "softmax" else n_labels)  # the softmax head has one shared temperature
