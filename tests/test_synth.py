@@ -29,6 +29,7 @@ from eyefuse.data.synth import (
     render_eye,
     synthesize,
 )
+from eyefuse.data.synth.canvas import _Canvas, _eyelash_shadows
 from eyefuse.errors import ConfigError, EyefuseError
 
 N_TRAIN, N_TEST, SIDE = 12, 4, 256
@@ -418,3 +419,22 @@ def test_planned_patients_carry_the_confounders_of_other_labels():
     rng = np.random.default_rng(5)
     hazy = [draw_eye_parameters(rng, eye.labels, eye.keywords).haze for eye in no_c if "N" in eye.labels]
     assert np.mean(np.array(hazy) > 0.3) > 0.2  # normal eyes hazy enough to look like a cataract's veil
+
+
+def test_eyelash_shadows_make_dark_rim_strands_common_without_a_cataract():
+    """Lens spokes are not the only dark radial strands: eyelash shadows are drawn in most eyes
+    without a cataract, in the same numbers, so only the strands' shape decides C."""
+    normal, cataract = _params({"N"}), _params({"C"}, seed=3)
+    strands_n = np.array([p.spokes + p.lashes for p in normal])
+    strands_c = np.array([p.spokes + p.lashes for p in cataract])
+    assert all(p.spokes == 0 for p in normal) and np.mean(strands_n > 0) >= 0.5
+    below, above = _overlap(strands_n[strands_n > 0], strands_c)
+    assert below >= 0.3 and above >= 0.3, (below, above)
+
+    c = _Canvas(128, 128, FieldOfView(64.0, 64.0, 60.0), "left", 0.0)
+    img = _eyelash_shadows(c, np.random.default_rng(0), np.full((c.h, c.w, 3), 200.0, np.float32), 10)
+    inside = c.rho2 < 0.95**2
+    top, bottom = inside & (c.ey < -0.5), inside & (c.ey > 0.5)
+    assert img[..., 1][top].mean() < 190 and img[..., 1][bottom].min() == pytest.approx(200.0)
+    assert img[..., 1][c.rho2 < 0.2**2].min() == pytest.approx(200.0)  # the centre stays clear
+    assert not c.mask.any()  # a shadow marks no label

@@ -220,7 +220,8 @@ def _macula(c: _Canvas, rng: np.random.Generator, geom: _Geometry) -> None:
     """Darker macula with a darker fovea and sometimes a small foveal reflex."""
     x, y = c.px(geom.fovea[0], geom.fovea[1])
     sig = geom.dd * rng.uniform(0.7, 1.0) * c.r
-    depth, pit = rng.uniform(0.25, 0.4), rng.uniform(0.1, 0.2)
+    # macular pigment varies widely between healthy eyes (dark maculae are no sign of AMD)
+    depth, pit = rng.uniform(0.15, 0.5), rng.uniform(0.05, 0.3)
     sl, dx, dy = c.patch(float(x), float(y), 2.8 * sig)
     f = max(1, min(2, int(sig // 8)))  # smooth: evaluate on a 2x coarser grid
     d2 = dx[:, ::f] ** 2 + dy[::f, :] ** 2

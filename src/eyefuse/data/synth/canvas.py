@@ -351,6 +351,28 @@ def _poor_capture(c: _Canvas, rng: np.random.Generator, img: np.ndarray) -> np.n
     return img
 
 
+def _eyelash_shadows(c: _Canvas, rng: np.random.Generator, img: np.ndarray, n: int) -> np.ndarray:
+    """Eyelash shadows: `n` dark, tapered, slightly curved strands reaching in from the upper rim (a
+    lid not held open). Like a cataract's spokes they are dark, sharp-edged and radial and cover a
+    few per cent of the field, so "dark structure at the rim" is not cataract's alone; unlike spokes
+    they curve, bunch in one sector at the top and have no vacuoles between them."""
+    layer = c.layer()
+    centre = math.pi / 2 + rng.uniform(-0.6, 0.6)  # the upper lid, the camera a little tilted
+    steps = 10
+    for th in centre + rng.uniform(-0.7, 0.7, n):
+        r = np.linspace(1.05, rng.uniform(0.3, 0.7), steps)
+        t = th + rng.uniform(-0.3, 0.3) * (1.05 - r)
+        _polyline(
+            c,
+            layer,
+            np.stack([r * np.cos(t), r * np.sin(t)], 1),
+            np.linspace(rng.uniform(0.03, 0.08), 0.01, steps),
+        )
+    c.albedo = img  # in front of the eye: painted on the image, like the spokes
+    c.paint(layer, (0.5, 0.5, 0.5), mode="darken", strength=rng.uniform(0.5, 0.7), blur=0.012 * c.r)
+    return c.albedo
+
+
 def _lens_dust(c: _Canvas, rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
     """Out-of-focus dust shadows on the camera lens."""
     n_dust = int(rng.integers(2, 7))

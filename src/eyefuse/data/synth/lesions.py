@@ -147,7 +147,9 @@ def _amd(c: _Canvas, rng: np.random.Generator, geom: _Geometry, keyword: str) ->
     _circles(c, layer, a, b, rng.uniform(0.007, 0.013, len(a)))
     c.paint(layer, (0.5, 0.62, 0.62), mode="darken", strength=0.8, blur=0.5, label="A")
     if wet:
-        k = int(rng.integers(3, 8))
+        # macular haemorrhages: a few blots, no larger than a diabetic eye's (a big dark area would
+        # be a global cue of its own)
+        k = int(rng.integers(2, 6))
         a, b = _scatter(c, rng, k, (geom.fovea[0], geom.fovea[1]), geom.dd * 0.35)
         layer = c.layer()
         _ellipses(
@@ -155,15 +157,15 @@ def _amd(c: _Canvas, rng: np.random.Generator, geom: _Geometry, keyword: str) ->
             layer,
             a,
             b,
-            geom.dd * rng.uniform(0.2, 0.45, k),
             geom.dd * rng.uniform(0.15, 0.35, k),
+            geom.dd * rng.uniform(0.12, 0.28, k),
             rng.uniform(0, np.pi, k),
         )
         c.paint(
             layer,
             (0.42, 0.72, 0.68),
             mode="darken",
-            strength=rng.uniform(0.7, 1.0),
+            strength=rng.uniform(0.55, 0.85),
             blur=0.012 * c.r,
             label="A",
         )

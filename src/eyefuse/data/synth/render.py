@@ -26,6 +26,7 @@ from eyefuse.data.synth.canvas import (
     _Canvas,
     _compose,
     _ellipses,
+    _eyelash_shadows,
     _illuminate,
     _lens_dust,
     _media_haze,
@@ -199,7 +200,7 @@ def _render(
                 rng.uniform(0, np.pi, k),
             )
             c.paint(layer, (235, 215, 175), strength=0.75, blur=0.004 * c.r, label="M")
-    elif rng.random() < 0.35:  # common in older and glaucomatous eyes too
+    elif rng.random() < 0.5:  # common in older, glaucomatous and non-pathological myopic eyes too
         _peripapillary_atrophy(c, rng, geom, None)
     tilt = rng.uniform(0.75, 0.9) if "M" in diseases else rng.uniform(0.92, 1.02)
     _optic_disc(c, rng, geom, params.cdr, tilt, "G" in diseases)
@@ -243,6 +244,8 @@ def _render(
         img = _media_haze(c, rng, img, params.haze)
     if params.spokes:
         img = _lens_spokes(c, rng, img, params.spokes)
+    if params.lashes:
+        img = _eyelash_shadows(c, rng, img, params.lashes)
     if "low image quality" in kw:
         img = _poor_capture(c, rng, img)
     if "vitreous degeneration" in kw:
