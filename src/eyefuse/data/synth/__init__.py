@@ -42,8 +42,9 @@ parameters that differ between healthy and diseased eyes overlap as in real eyes
 cup-to-disc ratio, artery-to-vein ratio, tortuosity), and the confounders of real photographs are
 drawn in eyes without the disease: haze and blur in most eyes, with the same distribution in
 cataract eyes as in others (age, small pupil, defocus; strong in "low image quality" photographs,
-which may also show a small pupil's dark crescent), tessellation as common and as strong in healthy
-eyes as in pathological myopia, peripapillary atrophy, nerve-fibre sheen, disc sizes that vary. What
+which may also show a small pupil's dark crescent), eyelash shadows as dark and as many as a
+cataract's spokes in most eyes without one, tessellation as common and as strong in healthy eyes as
+in pathological myopia, peripapillary atrophy, nerve-fibre sheen, disc sizes that vary. What
 decides a label is a local sign: narrow dark lens spokes and vacuoles for C, a vertically oval cup
 and disc haemorrhages for G, nicking, flame haemorrhages and cotton-wool spots near the disc for H,
 pigment clumps, atrophy or a membrane with the drusen for A (isolated drusen, as many, are O, as in
