@@ -13,7 +13,10 @@ is spent (the table says so):
 4. bench_train.py for the paper model eager and compiled at 224 and 448 px;
 5. with `--real DIR` (a Kaggle-layout dataset such as a 224-px copy of kaggle_512_dev): the paper
    preset trained on it (from scratch) with a held-out test part of the split, and `eyefuse
-   evaluate` of that part.
+   evaluate` of that part;
+6. with `--real DIR --study`: the paper's study on those photographs at full size, the `real-study`
+   grid with the recipe's 13 epochs and 3 seeds (`eyefuse ablate --grid real-study --seeds 0,1,2
+   --set train.epochs=13`), its table copied into the log and to WORK/real-study.md.
 
 `--smoke` runs the same steps tiny (small backbone, 64 px, a few steps; compile and the GPU cache
 only where CUDA is used) so that the script itself is checked without a GPU.
@@ -407,6 +410,40 @@ class Check:
             )
         )
 
+    def study(self, data: Path) -> None:
+        """The `real-study` grid at full size (13 epochs, 3 seeds) on the GPU; its table in the log."""
+        a = self.args
+        out_dir = self.work / "real-study"
+        sets = [
+            f"train.epochs={1 if a.smoke else 13}",
+            f"train.device={a.device}",
+            f"train.gpu_cache={str(a.device == 'cuda').lower()}",
+            f"data.cache_dir={self.work / 'cache-study'}",
+        ]
+        if a.smoke:
+            sets += [*SMOKE_SETS, "preprocess.size=64"]
+        base = [sys.executable, "-m", "eyefuse", "ablate", "--data", str(data), "--grid", "real-study"]
+        base += ["--out", str(out_dir), "--seeds", "0" if a.smoke else "0,1,2"]
+        cmd = [*base, "--no-progress"]
+        for item in sets:
+            cmd += ["--set", item]
+        out = self.run("real: study (real-study grid)", cmd, 560)
+        if out is None and (out_dir / "split.csv").exists():  # timed out: tabulate the finished seeds
+            out = self.run("real: study table (finished seeds)", [*base, "--table-only"], 120)
+        if out is None:
+            return
+        table = out_dir / "ablation.md"
+        if out.returncode or not table.exists():
+            self.rows.append(("real: study", self.fail_text(out), f"{out.seconds:.0f}"))
+            return
+        text = table.read_text(encoding="utf-8")
+        self.say(text)
+        (self.work / "real-study.md").write_text(text, encoding="utf-8")
+        cells = sum(1 for ln in text.splitlines() if ln.startswith("|")) - 2
+        self.rows.append(
+            ("real: study (real-study grid)", f"{cells} table rows, WORK/real-study.md", f"{out.seconds:.0f}")
+        )
+
     def summary(self) -> None:
         width = max(len(r[0]) for r in self.rows)
         lines = [f"{'step':<{width}}  {'seconds':>7}  result", "-" * (width + 40)]
@@ -451,6 +488,9 @@ def main() -> None:
     p.add_argument("--patients", type=int, default=0, help="synthetic patients (default 640; smoke 24)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--real-epochs", type=int, default=8)
+    p.add_argument(
+        "--study", action="store_true", help="with --real: the real-study grid at full size, 3 seeds"
+    )
     p.add_argument("--max-side", type=int, default=0, help="synthetic photo size (default 512; smoke 128)")
     args = p.parse_args()
     args.patients = args.patients or (24 if args.smoke else 640)
@@ -477,6 +517,8 @@ def main() -> None:
                 )
         if args.real:
             check.real(Path(args.real))
+            if args.study:
+                check.study(Path(args.real))
     finally:
         check.summary()
 

@@ -3,17 +3,19 @@
 # budget are listed as skipped): environment line, the tests that use the device, `eyefuse train` of
 # each preset on synthetic data against bench_train.py's model-only figure, bench_train.py eager and
 # compiled at 224 and 448 px, and with --real DIR the paper preset trained and evaluated on real
-# photographs with a held-out test part. Ends with one summary table (also in WORK/summary.txt).
+# photographs with a held-out test part, and with --study the real-study grid at full size (13
+# epochs, 3 seeds; its table in WORK/real-study.md). Ends with one summary table (also in
+# WORK/summary.txt).
 #
-#   scripts/device_check.sh [--wheels DIR] [--real DIR] [--device cuda|cpu] [--smoke] [--work DIR]
+#   scripts/device_check.sh [--wheels DIR] [--real DIR [--study]] [--device cuda|cpu] [--smoke] [--work DIR]
 #                           [--budget-s SECONDS] [--patients N] [--epochs N]
 #   scripts/device_check.sh --device cpu --smoke        # the same steps, tiny, without a GPU
 #   scripts/device_check.sh --fetch-wheels DIR          # here, with internet: the wheels the device lacks
 #
 # On a lent GPU (wheels/ and data/ are ignored, so name them in the device tool's carry, e.g.
 # carry ["wheels", "data/kaggle_224_dev"] after `cp -r ../shared/real/kaggle_224_dev data/`):
-#   scripts/device_check.sh --wheels wheels --real data/kaggle_224_dev; \
-#     cp /tmp/eyefuse-device-check/summary.txt /tmp/eyefuse-device-check/device_check.log "$OUT"/
+#   scripts/device_check.sh --wheels wheels --real data/kaggle_224_dev --study --budget-s 540; \
+#     cp /tmp/eyefuse-device-check/{summary.txt,device_check.log,real-study.md} "$OUT"/
 #
 # --wheels DIR: install the wheels in DIR (no index, no dependencies) into a private folder first:
 # the device's Python lacks openpyxl (and its et-xmlfile), which reading ODIR's .xlsx annotations
