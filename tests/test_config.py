@@ -10,6 +10,7 @@ import yaml
 from eyefuse.config import Config, config_from_dict, load_config, resume_config, save_config
 from eyefuse.errors import ConfigError
 from eyefuse.registry import preset_names
+from eyefuse.workflows.ablation import load_grid
 
 
 def test_presets_exist_and_validate() -> None:
@@ -164,3 +165,17 @@ def test_text_settings_take_the_text_as_typed() -> None:
     assert load_config("demo", ["train.amp=off"]).train.amp == "off"
     assert load_config("demo", ["data.root=null"]).data.root is None
     assert load_config("demo", ["name=123"]).name == "123"
+
+
+def test_config_files_read_off_as_text_and_booleans_as_yaml_1_2(tmp_path: Path) -> None:
+    """In a config file `amp: off` is the choice "off" (YAML 1.1 would give False and the config
+    would be refused); a boolean setting still takes yes/no/on/off."""
+    path = tmp_path / "mine.yaml"
+    path.write_text(
+        "base: demo\ntrain:\n  amp: off\n  deterministic: no\n  channels_last: on\n", encoding="utf-8"
+    )
+    cfg = load_config(str(path))
+    assert cfg.train.amp == "off" and cfg.train.deterministic is False and cfg.train.channels_last is True
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("base: demo\nfactors:\n  train.amp: [off, bf16]\nseeds: [0]\n", encoding="utf-8")
+    assert load_grid(str(grid))["factors"]["train.amp"] == ["off", "bf16"]

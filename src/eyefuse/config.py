@@ -10,6 +10,7 @@ import copy
 import difflib
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
@@ -287,7 +288,7 @@ def _read_yaml_chain(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str,
             )
         text = res.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text) or {}
+        data = parse_yaml(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config {name_or_path}: invalid YAML: {e}") from e
     if not isinstance(data, dict):
@@ -299,6 +300,27 @@ def _read_yaml_chain(name_or_path: str, seen: tuple[str, ...] = ()) -> dict[str,
         data = merged
     data.setdefault("name", Path(name_or_path).stem)
     return data
+
+
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML with the booleans of YAML 1.2: only true/false. YAML 1.1 (PyYAML's default) also reads
+    yes/no/on/off as booleans, so `amp: off` would arrive as False instead of the text "off"."""
+
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_ConfigLoader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse a config or grid file's text (YAML 1.2 booleans: `off` stays the text "off"; a boolean
+    setting still accepts yes/no/on/off, see `_coerce`)."""
+    return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader subclass: builds plain data only
 
 
 def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
@@ -434,6 +456,7 @@ __all__ = [
     "apply_override",
     "config_from_dict",
     "load_config",
+    "parse_yaml",
     "resume_config",
     "save_config",
 ]

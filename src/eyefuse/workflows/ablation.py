@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from eyefuse.config import load_config
+from eyefuse.config import load_config, parse_yaml
 from eyefuse.data.odir import load_dataset
 from eyefuse.data.splits import split_dataset
 from eyefuse.errors import ConfigError
@@ -109,7 +109,7 @@ def load_grid(grid: str) -> dict[str, Any]:
                 "nor an existing YAML file"
             )
         try:
-            spec = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            spec = parse_yaml(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"--grid {path}: invalid YAML: {e}") from e
         if not isinstance(spec, dict):

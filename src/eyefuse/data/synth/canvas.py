@@ -4,8 +4,8 @@ A `_Canvas` is the bounding box of the field of view in float32 "albedo" (0..255
 placed in eye coordinates (a, b) in units of the FOV radius, centred on the circle: a points nasally
 (towards the disc), b up; `_Canvas.px` maps them to pixels, applying the left/right mirror and a
 small camera rotation. The camera part (`CAMERAS`, illumination, media haze, a small pupil, lens
-dust, eyelash shadows, composing into the frame with noise and gamma) acts on the whole photograph and decides no
-label by itself.
+dust, eyelash shadows, composing into the frame with noise and gamma) acts on the whole photograph
+and decides no label by itself.
 """
 
 from __future__ import annotations
