@@ -19,6 +19,7 @@ from eyefuse.models.attention import ATTENTION_TYPES
 from eyefuse.models.binocular import head_probabilities, ranking_probabilities
 from eyefuse.models.fusion import FUSION_TYPES
 from eyefuse.train.losses import LOSSES, create_loss
+from eyefuse.train.setup import build_optimizer
 from test_preprocess import draw_fundus
 
 # Each implementing table, and the registry it is bound to.
@@ -128,3 +129,19 @@ def test_cli_choices_and_help_come_from_the_registries() -> None:
     assert tuple(prepare["problem_images"].choices) == registry.PROBLEM_IMAGES.names
     config_help = next(a for a in sub["train"]._actions if a.dest == "config").help
     assert all(name in config_help for name in registry.preset_names())
+
+
+def test_every_optimizer_builds_with_the_configured_groups() -> None:
+    class Tiny(torch.nn.Sequential):
+        def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
+            return {"backbone": list(self[0].parameters()), "new": list(self[1].parameters())}
+
+    model = Tiny(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    kinds = set()
+    for name in registry.OPTIMIZER:
+        cfg = load_config("demo", [f"train.optimizer={name}", "train.lr=0.01"])
+        opt = build_optimizer(model, cfg, backbone_pretrained=False)
+        kinds.add(type(opt).__name__)
+        assert all(g["lr"] == pytest.approx(0.01) for g in opt.param_groups)
+        assert {g["weight_decay"] for g in opt.param_groups} == {0.0, cfg.train.weight_decay}
+    assert kinds == {"AdamW", "SGD"}

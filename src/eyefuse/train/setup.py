@@ -19,6 +19,7 @@ from eyefuse.config import Config, save_config
 from eyefuse.data.dataset import PairDataset, TensorCache
 from eyefuse.errors import ConfigError
 from eyefuse.models import build_model
+from eyefuse.registry import OPTIMIZER
 from eyefuse.train.distributed import DistInfo, barrier
 from eyefuse.train.losses import create_loss
 from eyefuse.train.run_data import epoch_batches, load_run_data
@@ -102,13 +103,24 @@ def param_groups(model: nn.Module, cfg: Config, backbone_pretrained: bool) -> li
     return out
 
 
-def build_optimizer(model: nn.Module, cfg: Config, backbone_pretrained: bool) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg, backbone_pretrained)
-    if cfg.train.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.train.lr, momentum=cfg.train.momentum, nesterov=True)
+def _adamw(groups: list[dict[str, Any]], cfg: Config) -> torch.optim.Optimizer:
     # The fused kernel does the whole update in one pass: about 6x faster than the default on a CPU
     # for ResNet-50-sized models, where the optimiser step was a fifth of the training step.
     return torch.optim.AdamW(groups, lr=cfg.train.lr, fused=True)
+
+
+def _sgd(groups: list[dict[str, Any]], cfg: Config) -> torch.optim.Optimizer:
+    return torch.optim.SGD(groups, lr=cfg.train.lr, momentum=cfg.train.momentum, nesterov=True)
+
+
+#: train.optimizer -> constructor(param groups, config); names and descriptions in `registry.OPTIMIZER`
+OPTIMIZERS = OPTIMIZER.bind({"adamw": _adamw, "sgd": _sgd})
+
+
+def build_optimizer(model: nn.Module, cfg: Config, backbone_pretrained: bool) -> torch.optim.Optimizer:
+    """The configured optimiser over `param_groups` (per-group learning-rate multipliers, no decay on
+    biases and norms)."""
+    return OPTIMIZERS[cfg.train.optimizer](param_groups(model, cfg, backbone_pretrained), cfg)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Config, steps_per_epoch: int):
