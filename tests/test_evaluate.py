@@ -3,6 +3,7 @@ session's `synth_dataset` and `tiny_run`, see conftest.py)."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -107,6 +108,11 @@ def test_ablation_runs_and_resumes(synth_dataset: Path, tmp_path: Path) -> None:
     assert "fusion=concat" in table and "Δ final" in table
     assert first.rows[1]["verdict_final"] in ("better", "worse", "not distinguishable")
     assert first.rows[1]["verdict_final"] in table
+    # labels called at the official 0.5: what the ODIR final's decisions count
+    with open(tmp_path / "abl" / "cells" / "reference" / "seed0" / "predictions.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    called = np.mean([sum(float(v) >= 0.5 for k, v in r.items() if k.startswith("prob_")) for r in rows])
+    assert first.rows[0]["labels_at_0_5"] == pytest.approx(called, abs=0.005) and "labels at 0.5" in table
     second = run_ablation(data, str(grid), tmp_path / "abl", progress=False)
     assert (second.trained, second.skipped) == (0, 2)
     assert second.rows == first.rows

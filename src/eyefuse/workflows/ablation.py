@@ -336,13 +336,18 @@ def _table(
     samples = [rng.integers(0, n, n) for _ in range(n_boot)]
 
     def stats(name: str) -> dict[str, Any]:
-        finals, aurocs = [], []
+        finals, aurocs, called = [], [], []
         for s in spec["seeds"]:
             _, truth, prob = preds[(name, s)]
             f, a = _scores(truth, prob)
             finals.append(f)
             aurocs.append(a)
-        return {"final": float(np.mean(finals)), "auroc": float(np.mean(aurocs))}
+            called.append(float((prob[:, 0] >= 0.5).sum(1).mean()))  # what the official 0.5 calls
+        return {
+            "final": float(np.mean(finals)),
+            "auroc": float(np.mean(aurocs)),
+            "called": float(np.mean(called)),
+        }
 
     def boot(name: str) -> dict[str, tuple[float, float]]:
         vals: dict[str, list[float]] = {"final": [], "auroc": []}
@@ -395,6 +400,7 @@ def _table(
                 "delta_macro_auroc_lo": round(d_auroc.lo, 4),
                 "delta_macro_auroc_hi": round(d_auroc.hi, 4),
                 "verdict_macro_auroc": d_auroc.verdict,
+                "labels_at_0_5": round(st["called"], 2),
             }
         )
     results = [
@@ -417,9 +423,12 @@ def _table(
         "both and each cell's seeds; the verdict is better / worse when the CI excludes 0, otherwise "
         "not distinguishable.",
         "",
+        "Labels at 0.5: labels per patient whose probability reaches the official threshold of 0.5 "
+        f"(the ODIR final's decisions; the test patients have {truth.sum(1).mean():.2f} each).",
+        "",
         "| cell | ODIR final [95% CI] | Δ final vs reference [95% CI]: verdict | macro AUROC [95% CI] "
-        "| Δ macro AUROC [95% CI]: verdict |",
-        "|---|---|---|---|---|",
+        "| Δ macro AUROC [95% CI]: verdict | labels at 0.5 |",
+        "|---|---|---|---|---|---:|",
     ]
 
     def verdict(r: dict[str, Any], key: str) -> str:
@@ -434,7 +443,7 @@ def _table(
             f"| {r['macro_auroc']:.4f} [{r['macro_auroc_lo']:.4f}, {r['macro_auroc_hi']:.4f}] "
             f"| {r['delta_macro_auroc']:+.4f} "
             f"[{r['delta_macro_auroc_lo']:+.4f}, {r['delta_macro_auroc_hi']:+.4f}]: "
-            f"{verdict(r, 'verdict_macro_auroc')} |"
+            f"{verdict(r, 'verdict_macro_auroc')} | {r['labels_at_0_5']:.2f} |"
         )
     return rows, "\n".join(lines)
 
