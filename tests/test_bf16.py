@@ -165,3 +165,26 @@ def test_full_preset_trains_under_bf16_on_cuda(preset: str) -> None:
         batch = {k: v.to(device) for k, v in _batch(gen, 8, 224).items()}
         _checked_step(model, batch, criterion, cfg, optimizer, "cuda", True, (preset, step))
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_on_the_cpu_follows_native_bf16(monkeypatch: pytest.MonkeyPatch, native: bool) -> None:
+    """`train.amp=auto` trains in bf16 on a CPU that computes it natively (AMX, AVX-512 BF16: about
+    twice as fast) and in float32 elsewhere (emulated bf16 is slower); explicit settings win, and
+    the printed line says which precision was chosen and why."""
+    from eyefuse.train import setup
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    cpu = torch.device("cpu")
+    assert setup.cpu_has_native_bf16() is (native and torch.backends.mkldnn.is_available())
+    expected = torch.bfloat16 if setup.cpu_has_native_bf16() else None
+    assert setup.amp_dtype("auto", cpu) is expected
+    assert setup.amp_dtype("off", cpu) is None
+    assert setup.amp_dtype("bf16", cpu) is torch.bfloat16
+    line = setup.describe_precision("auto", cpu)
+    if expected is None:
+        assert line.startswith("precision: float32") and "no native bf16" in line
+    else:
+        assert line.startswith("precision: bfloat16 autocast") and "natively" in line
+    assert setup.describe_precision("off", cpu) == "precision: float32 (train.amp=off)"

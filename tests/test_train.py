@@ -143,6 +143,7 @@ def test_resume_after_kill_matches_uninterrupted_run(
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout and "epoch 2/3" in resumed.stdout
+    assert "precision: " in resumed.stdout  # which precision train.amp resolved to, said once
     assert resumed1.returncode == 0, resumed1.stderr[-3000:]
     assert "no checkpoint yet" in resumed1.stdout
 

@@ -124,7 +124,7 @@ class TrainConfig:
     momentum: float = 0.9
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.01
-    amp: str = "auto"  #: auto | bf16 | fp16 | off (AMP only on CUDA)
+    amp: str = "auto"  #: auto | bf16 | fp16 | off (auto: bf16 on CUDA and on CPUs with native bf16)
     channels_last: bool = True
     compile: bool = False
     ema: bool = False

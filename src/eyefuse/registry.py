@@ -167,7 +167,8 @@ AMP = Registry(
     "train.amp",
     "Mixed precision (train.amp):",
     {
-        "auto": "on CUDA bf16 where the GPU supports it, else fp16; full precision on the CPU",
+        "auto": "bf16 on CUDA where the GPU supports it, else fp16; on the CPU bf16 where it is native "
+        "(AMX or AVX-512 BF16), else float32",
         "bf16": "bfloat16 autocast",
         "fp16": "float16 autocast with a gradient scaler (CUDA only)",
         "off": "float32 throughout",
