@@ -188,3 +188,45 @@ def test_amp_auto_on_the_cpu_follows_native_bf16(monkeypatch: pytest.MonkeyPatch
     else:
         assert line.startswith("precision: bfloat16 autocast") and "natively" in line
     assert setup.describe_precision("off", cpu) == "precision: float32 (train.amp=off)"
+
+
+class _Patients(torch.utils.data.Dataset):
+    """Six patients of random uint8 photographs, in `PairDataset`'s item format."""
+
+    def __init__(self, size: int = 32) -> None:
+        gen = torch.Generator().manual_seed(3)
+        self.items = [
+            {
+                "index": torch.tensor(i),
+                "left": torch.randint(0, 256, (3, size, size), generator=gen, dtype=torch.uint8),
+                "right": torch.randint(0, 256, (3, size, size), generator=gen, dtype=torch.uint8),
+                "left_present": torch.tensor(True),
+                "right_present": torch.tensor(True),
+                "labels": (torch.rand(8, generator=gen) > 0.5).float(),
+            }
+            for i in range(6)
+        ]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return self.items[i]
+
+
+def test_calibration_and_evaluation_logits_are_float32_whatever_train_amp() -> None:
+    """Validation while training runs under `train.amp` (bf16 here); `autocast=False`, which the
+    calibration and `eyefuse evaluate` use, gives the float32 logits `eyefuse predict`, the service
+    and ONNX compute, so thresholds are fitted on and reports describe what a deployed model says."""
+    cfg = load_config("demo", ["model.backbone=resnet10t", "train.amp=bf16", "train.batch_size=2"])
+    cfg_fp32 = load_config("demo", ["model.backbone=resnet10t", "train.amp=off", "train.batch_size=2"])
+    torch.manual_seed(0)
+    model = build_model(cfg.model, LABELS).eval()
+    data, cpu = _Patients(), torch.device("cpu")
+    float32 = engine.predict_dataset(model, data, cpu, cfg_fp32)["logits"]
+    np.testing.assert_array_equal(
+        engine.predict_dataset(model, data, cpu, cfg, autocast=False)["logits"], float32
+    )
+    under_bf16 = engine.predict_dataset(model, data, cpu, cfg)["logits"]
+    assert not np.array_equal(under_bf16, float32)  # the training-time validation really was bf16
+    np.testing.assert_allclose(under_bf16, float32, atol=0.25)

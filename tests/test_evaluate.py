@@ -26,6 +26,23 @@ TINY = [
 
 
 @pytest.mark.slow
+def test_evaluation_predicts_in_float32_whatever_train_amp(
+    tiny_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`eyefuse evaluate` scores the float32 logits that `eyefuse predict` and the service give, even
+    where `train.amp` would autocast (bf16 on CPUs with native bf16, and on CUDA)."""
+    import torch
+
+    from eyefuse.train import engine
+    from eyefuse.workflows.evaluate import predict_split
+
+    monkeypatch.setattr(engine, "amp_dtype", lambda setting, device: None)
+    plain = predict_split(tiny_run, "offsite", progress=False).logits
+    monkeypatch.setattr(engine, "amp_dtype", lambda setting, device: torch.bfloat16)
+    np.testing.assert_array_equal(predict_split(tiny_run, "offsite", progress=False).logits, plain)
+
+
+@pytest.mark.slow
 def test_thresholds_are_fitted_on_validation_only(tiny_run: Path) -> None:
     from eyefuse.config import EvalConfig
     from eyefuse.eval.calibration import fit_calibration

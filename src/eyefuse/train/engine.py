@@ -181,16 +181,20 @@ def predict_dataset(
     cfg: Config,
     info: DistInfo = DistInfo(),
     criterion: nn.Module | None = None,
+    *,
+    autocast: bool = True,
 ) -> dict[str, Any]:
     """Logits for every patient of `dataset`, exactly once across ranks (strided shards, no padding),
     gathered in dataset order on every rank. Returns `logits`, `labels`, `loss` (when a criterion
-    is given)."""
+    is given). `autocast`: under `train.amp`'s precision (validation while training); False: in
+    float32, as `eyefuse predict`, the service and ONNX compute, so that the calibration and the
+    evaluation see the logits a deployed model gives."""
     model.eval()
     idx = shard_indices(len(dataset), info)
     bs = cfg.train.batch_size * 2
     batches = [idx[i : i + bs] for i in range(0, len(idx), bs)]
     loader = make_loader(dataset, batches, cfg.train.num_workers, device)
-    dtype = amp_dtype(cfg.train.amp, device)
+    dtype = amp_dtype(cfg.train.amp, device) if autocast else None
     # Kept on the device and copied back once at the end: a copy per batch would make the host wait
     # for every batch before queueing the next.
     on_device: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -425,7 +429,7 @@ def calibrate_checkpoint(path: Path, val_set: Dataset, device: torch.device, cfg
     weights, and store them (with the split they were fitted on) in its metadata."""
     print(f"calibration: fitting thresholds and temperatures on {len(val_set)} validation patients")
     model = load_model(path, device=device)
-    result = predict_dataset(model, val_set, device, cfg)
+    result = predict_dataset(model, val_set, device, cfg, autocast=False)
     calib = fit_calibration(
         result["labels"].astype(int),
         result["logits"],

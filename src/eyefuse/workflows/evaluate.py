@@ -146,7 +146,7 @@ def predict_split(
     ds = PairDataset(patients, loader, dataset.label_names, size=cfg.preprocess.size)
     dev = torch.device(device)
     model = load_model(ckpt_dir, device=dev)
-    out = predict_dataset(model, ds, dev, cfg)
+    out = predict_dataset(model, ds, dev, cfg, autocast=False)  # float32, as predict and the service
     calibrated = calibrate(out["logits"], meta)
     return SplitPredictions(
         ids=[p.id for p in patients],
