@@ -58,6 +58,7 @@ def make_checkpoint(
     head: str = "sigmoid",
     fusion: str = "ffm",
     attention: str = "residual_attention",
+    tta: str = "none",
     **meta_fields: object,
 ) -> Path:
     """A checkpoint folder of a random tiny model (resnet10t, 64 px, no enhancement), with meta as
@@ -70,6 +71,7 @@ def make_checkpoint(
     cfg.model.attention = attention
     cfg.model.fusion = fusion
     cfg.model.head = head
+    cfg.model.tta = tta
     torch.manual_seed(0)
     model = build_model(cfg.model, ODIR_LABELS)
     with torch.no_grad():

@@ -158,3 +158,24 @@ def test_softmax_head_with_cross_attention_exports_with_parity(tmp_path) -> None
     expected = torch.softmax(torch.from_numpy(logits) / 1.7, dim=-1)
     np.testing.assert_allclose(prob, (expected / expected.amax(-1, keepdim=True)).numpy(), atol=1e-5)
     assert np.allclose(prob.max(axis=1), 1.0)
+
+
+@pytest.mark.slow
+def test_mirror_swap_tta_is_part_of_the_exported_graph(tmp_path) -> None:
+    ckpt = make_checkpoint(tmp_path / "best", tta="mirror_swap", epoch=3)
+    summary = export_onnx(ckpt, tmp_path / "tta.onnx")
+    assert summary.max_abs_diff is not None and summary.max_abs_diff <= 1e-4
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "tta.onnx"), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(1).uniform(0, 255, (2, 3, SIZE, SIZE)).astype(np.float32)
+    y = x[::-1].copy()
+    present = np.array([True, True])
+
+    def logits(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+        feeds = {"left": left, "right": right, "left_present": present, "right_present": present}
+        return session.run(None, feeds)[1]
+
+    # the graph averages the given and the mirrored view: feeding the mirrored view gives the same
+    mirrored = logits(y[..., ::-1].copy(), x[..., ::-1].copy())
+    np.testing.assert_allclose(logits(x, y), mirrored, atol=1e-4)

@@ -4,6 +4,8 @@ weight files (timm, torchvision, safetensors) and their errors, offline pretrain
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import timm
 import torch
@@ -197,6 +199,7 @@ def test_non_resnet_backbone_with_last_placement() -> None:
         ("attention_placement", "first", "model.attention_placement"),
         ("fusion", "average", "model.fusion"),
         ("head", "relu", "model.head"),
+        ("tta", "flip", "model.tta"),
         ("drop_rate", 1.5, "model.drop_rate"),
     ],
 )
@@ -423,6 +426,67 @@ def test_spatial_attention_maps_are_split_per_eye() -> None:
     assert not torch.allclose(first["left"]["attn.spatial"], first["right"]["attn.spatial"])
 
 
+@pytest.mark.parametrize(
+    ("fusion", "head"), [("ffm", "sigmoid"), ("single", "softmax"), ("concat", "softmax")]
+)
+def test_mirror_swap_tta_averages_the_mirrored_view_in_eval_mode_only(fusion: str, head: str) -> None:
+    model = _build(attention="cbam", fusion=fusion, head=head, aux_eye_heads=True, tta="mirror_swap")
+    _activate(model)
+    a, b = _images(3, seed=7)
+    lp, rp = torch.tensor([True, False, True]), torch.tensor([True, True, False])
+
+    def run(tta: str, left: torch.Tensor, right: torch.Tensor, *present: torch.Tensor) -> dict:
+        model.cfg = dataclasses.replace(model.cfg, tta=tta)
+        return model(left, right, *present)
+
+    model.eval()
+    with torch.no_grad():
+        out = run("mirror_swap", a, b, lp, rp)
+        given = run("none", a, b, lp, rp)
+        mirrored = run("none", b.flip(-1), a.flip(-1), rp, lp)
+        # the mirrored view of the mirrored view is the given one: the average is the same
+        again = run("mirror_swap", b.flip(-1), a.flip(-1), rp, lp)
+    assert torch.allclose(out["logits"], (given["logits"] + mirrored["logits"]) / 2, atol=1e-5)
+    assert not torch.allclose(out["logits"], given["logits"], atol=1e-4)
+    # a per-eye logit of the mirrored view is that eye's, found on the other side
+    for side, other in (("left_logits", "right_logits"), ("right_logits", "left_logits")):
+        assert torch.allclose(out[side], (given[side] + mirrored[other]) / 2, atol=1e-5)
+    assert torch.allclose(out["logits"], again["logits"], atol=1e-5)
+    # training sees one view: the setting changes nothing there
+    model.train()
+    torch.manual_seed(3)
+    trained = run("mirror_swap", a, b, lp, rp)["logits"]
+    torch.manual_seed(3)
+    assert trained.shape == (3, 8) and torch.allclose(trained, run("none", a, b, lp, rp)["logits"])
+
+
+def test_mirror_swap_tta_keeps_features_and_maps_of_the_given_view() -> None:
+    model = _build(attention="cbam", fusion="ffm", tta="mirror_swap").eval()
+    _activate(model)
+    a, b = _images(2, seed=5)
+    out = model(a, b, return_features=True)
+    fl, fr = model.forward_features(a, b)
+    assert torch.allclose(fl, out["left_features"]) and torch.allclose(fr, out["right_features"])
+    gl, gr = torch.autograd.grad(out["logits"][:, 3].sum(), [out["left_features"], out["right_features"]])
+    assert gl.abs().sum() > 0 and gr.abs().sum() > 0
+    with torch.no_grad():
+        model(a, b)
+        maps = model.spatial_attention_maps()
+        model.cfg = dataclasses.replace(model.cfg, tta="none")
+        model(a, b)
+        alone = model.spatial_attention_maps()
+    assert maps["left"]["attn.spatial"].shape[0] == 2
+    assert torch.allclose(maps["left"]["attn.spatial"], alone["left"]["attn.spatial"], atol=1e-6)
+    assert torch.allclose(maps["right"]["attn.spatial"], alone["right"]["attn.spatial"], atol=1e-6)
+
+
+def test_mirror_swap_tta_checks_the_presence_masks() -> None:
+    model = _build(tta="mirror_swap").eval()
+    a, b = _images(2)
+    with pytest.raises(ValueError, match=r"left_present must have shape \(2,\)"):
+        model(a, b, torch.tensor([True, True, True]), None)
+
+
 def test_model_inputs_use_model_mean_and_std() -> None:
     model = _build()
     assert model.mean == (0.485, 0.456, 0.406) and model.std == (0.229, 0.224, 0.225)
@@ -579,7 +643,7 @@ def test_pretrained_download_failure_raises_checkpoint_error_with_hint(monkeypat
 
 def test_describe_models_lists_every_choice() -> None:
     text = describe_models()
-    for name in [*ATTENTION_TYPES, *FUSION_TYPES, *HEADS, "last", "all", "resnet50"]:
+    for name in [*ATTENTION_TYPES, *FUSION_TYPES, *HEADS, "last", "all", "resnet50", "mirror_swap"]:
         assert f"  {name} " in text, name
     # timm's own names are left to timm: counting them would import torch for `eyefuse models`
     assert "timm.list_models('resnet*')" in text

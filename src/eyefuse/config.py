@@ -100,6 +100,7 @@ class ModelConfig:
     head: str = "softmax"  #: sigmoid | softmax
     aux_eye_heads: bool = False  #: per-eye auxiliary heads trained on keyword-derived per-eye labels
     drop_rate: float = 0.2  #: dropout before the classifier
+    tta: str = "none"  #: none | mirror_swap (test-time augmentation in eval mode: see `eyefuse models`)
 
 
 @dataclass
@@ -179,6 +180,7 @@ class Config:
         registry.PLACEMENT.check(self.model.attention_placement)
         registry.FUSION.check(self.model.fusion)
         registry.HEAD.check(self.model.head)
+        registry.TTA.check(self.model.tta)
         registry.LOSS.check(self.loss.name)
         registry.OPTIMIZER.check(self.train.optimizer)
         registry.AMP.check(self.train.amp)

@@ -118,6 +118,16 @@ HEAD = Registry(
         "rankings (AUROC) on the softmax",
     },
 )
+TTA = Registry(
+    "model.tta",
+    "Test-time augmentation (model.tta; in eval mode only, so validation, calibration, evaluate, "
+    "predict, serve and the ONNX export all use it):",
+    {
+        "none": "one forward pass per patient",
+        "mirror_swap": "also the mirrored view (both eyes mirrored, sides swapped; what augment.flip "
+        "trains on); logits averaged, doubling inference cost",
+    },
+)
 LOSS = Registry(
     "loss.name",
     "Losses of the sigmoid head (loss.name; the softmax head always uses soft-target cross-entropy):",
@@ -220,7 +230,7 @@ def describe_models() -> str:
         "(`python -c \"import timm; print(timm.list_models('resnet*'))\"` lists timm's); recommended:",
         RECOMMENDED_BACKBONES,
     )
-    for registry in (ATTENTION, PLACEMENT, FUSION, HEAD, LOSS):
+    for registry in (ATTENTION, PLACEMENT, FUSION, HEAD, TTA, LOSS):
         lines += _section(registry.title, registry.entries)
     presets = preset_names()
     lines.append(f"Presets (--config NAME): {', '.join(presets) if presets else '(none installed)'}")
@@ -241,6 +251,7 @@ __all__ = [
     "RECOMMENDED_BACKBONES",
     "SELECT_METRIC",
     "THRESHOLD_METHOD",
+    "TTA",
     "Registry",
     "describe_models",
     "preset_names",

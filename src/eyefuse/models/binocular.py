@@ -75,6 +75,7 @@ class BinocularNet(nn.Module):
             self.label_names.index(NORMAL_LABEL) if NORMAL_LABEL in self.label_names else None
         )
         self._map_batch = 0
+        self._map_views = 1  # 2 when the last forward ran the mirrored view too (`model.tta`)
 
     # --- structure -----------------------------------------------------------------------------
 
@@ -157,12 +158,41 @@ class BinocularNet(nn.Module):
             ``logits`` (B x L); with ``aux_eye_heads`` also ``left_logits``, ``right_logits``
             (B x L, each eye alone; for an absent eye they are the other eye's, so mask that eye's
             auxiliary loss). With ``single`` fusion ``logits`` combines the per-eye logits by the
-            ODIR rule (`combine_eye_logits`).
+            ODIR rule (`combine_eye_logits`). In eval mode with ``model.tta = "mirror_swap"`` each
+            logit is the mean of the photographs as given and of the mirrored view (both eyes mirrored,
+            sides swapped), computed in one call on a doubled batch; the features (and the spatial
+            attention maps) are those of the photographs as given.
         """
+        views = 1 if self.training or self.cfg.tta == "none" else 2
+        batch = left.shape[0]
+        if views == 2:
+            # The mirrored view: both eyes mirrored and their sides swapped (a mirrored right eye
+            # looks like a left one), run in the same call as a second half of the batch.
+            left, right = torch.cat([left, right.flip(-1)]), torch.cat([right, left.flip(-1)])
+            if left_present is not None or right_present is not None:
+                ones = torch.ones(batch, dtype=torch.bool, device=left.device)
+                lp = ones if left_present is None else left_present
+                rp = ones if right_present is None else right_present
+                for name, mask in (("left_present", lp), ("right_present", rp)):
+                    if mask.shape != (batch,):
+                        raise ValueError(f"{name} must have shape ({batch},), got {tuple(mask.shape)}")
+                lp = lp.to(device=left.device, dtype=torch.bool)
+                rp = rp.to(device=left.device, dtype=torch.bool)
+                left_present, right_present = torch.cat([lp, rp]), torch.cat([rp, lp])
         feat_left, feat_right = self.forward_features(left, right)
+        if recording_allowed():
+            self._map_views = views
         out: dict[str, torch.Tensor] = {}
         if return_features:
-            out["left_features"], out["right_features"] = feat_left, feat_right
+            if views == 2:
+                # The first view's maps as tensors of their own in the graph, so that Grad-CAM can
+                # differentiate the averaged logits with respect to them.
+                first_left, first_right = feat_left[:batch], feat_right[:batch]
+                feat_left = torch.cat([first_left, feat_left[batch:]])
+                feat_right = torch.cat([first_right, feat_right[batch:]])
+                out["left_features"], out["right_features"] = first_left, first_right
+            else:
+                out["left_features"], out["right_features"] = feat_left, feat_right
         feat_left, feat_right = self._fill_missing(feat_left, feat_right, left_present, right_present)
         fused = self.fusion(feat_left, feat_right)
         if self.fusion.per_eye:
@@ -178,6 +208,14 @@ class BinocularNet(nn.Module):
             if self.aux_head is not None:
                 out["left_logits"] = self.aux_head(global_pool(feat_left))
                 out["right_logits"] = self.aux_head(global_pool(feat_right))
+        if views == 2:
+            # Average the two views' logits; a per-eye logit of the mirrored view sits on the other side.
+            logits = out["logits"]
+            out["logits"] = (logits[:batch] + logits[batch:]) / 2
+            if "left_logits" in out:
+                lo, ro = out["left_logits"], out["right_logits"]
+                out["left_logits"] = (lo[:batch] + ro[batch:]) / 2
+                out["right_logits"] = (ro[:batch] + lo[batch:]) / 2
         return out
 
     @staticmethod
@@ -243,6 +281,9 @@ class BinocularNet(nn.Module):
                     maps["left"][name], maps["right"][name] = m[: self._map_batch], m[self._map_batch :]
                 else:
                     maps[key][name] = m
+        if self._map_views > 1:  # only the photographs as given, not the mirrored view
+            first = self._map_batch // self._map_views
+            maps = {side: {n: m[:first] for n, m in side_maps.items()} for side, side_maps in maps.items()}
         return maps
 
 
@@ -355,6 +396,7 @@ def build_model(
     registry.PLACEMENT.check(cfg.attention_placement)
     registry.FUSION.check(cfg.fusion)
     registry.HEAD.check(cfg.head)
+    registry.TTA.check(cfg.tta)
     if not 0.0 <= cfg.drop_rate < 1.0:
         raise ConfigError(f"model.drop_rate must be in [0, 1), not {cfg.drop_rate}")
     use_file = load_weights and bool(cfg.weights)
