@@ -307,6 +307,12 @@ def test_split_test_fraction_and_train_split(
     lines = split.read_text().splitlines()
     assert lines[0] == "patient_id,source,split"
     assert 3 <= sum(ln.endswith(",test") for ln in lines) <= 7  # a quarter of 20, stratified
+    half = tmp_path / "half.csv"
+    argv = ["split", "--data", root, "--out", half, "--test-fraction", "0.25", "--train-fraction", "0.5"]
+    rc, out, _ = _run(argv, capsys)
+    assert rc == 0 and "train_fraction 0.5" in out and half.read_text().count(",unused\n") >= 3
+    rc, _, err = _run([*argv[:-1], "1.5"], capsys)
+    assert rc == EXIT_USAGE and "train_fraction must be in (0, 1]" in _one_line_error(err)
 
     import eyefuse.train.engine as engine
 

@@ -72,6 +72,23 @@ def test_patients_without_a_usable_eye_are_set_aside_before_training(
             assert bool(item["left_present"]) or bool(item["right_present"])
 
 
+def test_unused_patients_are_not_part_of_the_run(troubled_data: tuple[Path, Path], tmp_path: Path) -> None:
+    from eyefuse.config import load_config
+    from eyefuse.train.distributed import DistInfo
+    from eyefuse.train.run_data import load_run_data
+
+    root, split = troubled_data
+    text = split.read_text().replace(f"{FAILING},train", f"{FAILING},unused").replace("3,train", "3,unused")
+    split.write_text(text)
+    cfg = load_config("demo", ["preprocess.size=64", f"data.split_file={split}"])
+    cfg.data.root = str(root)
+    data = load_run_data(cfg, tmp_path / "run", DistInfo(), progress=False)
+    assert set(data.splits) == {"train", "val"} and len(data.splits["train"]) == 7
+    assert data.unused == 2 and "2 patients left out (split 'unused')" in data.summary()
+    # never prepared, never set aside: only the val patient's black photograph failed
+    assert data.failed_images == 1 and set(_set_aside(tmp_path / "run" / "set_aside.csv")) == {MIXED}
+
+
 @pytest.mark.slow
 def test_evaluate_sets_aside_and_lists_them(troubled_data: tuple[Path, Path], tmp_path: Path) -> None:
     from eyefuse.workflows.evaluate import run_evaluate

@@ -146,6 +146,63 @@ def test_ablation_runs_and_resumes(synth_dataset: Path, tmp_path: Path) -> None:
         run_ablation(data, str(grid), tmp_path / "abl", progress=False, seeds=[])
 
 
+@pytest.mark.slow
+def test_ablation_keeps_the_given_split_and_gives_a_split_factor_its_own(
+    synth_dataset: Path, tmp_path: Path
+) -> None:
+    """A learning curve: the study's split from `data.split_file`, a cell with half the training
+    patients from `eyefuse split --train-fraction 0.5`, paired on the same evaluated patients."""
+    from eyefuse.data.splits import read_split, split_dataset
+    from eyefuse.workflows.ablation import run_ablation
+
+    full, half = tmp_path / "full.csv", tmp_path / "curve" / "half.csv"
+    half.parent.mkdir()
+    split_dataset(synth_dataset, full, seed=4)
+    split_dataset(synth_dataset, half, seed=4, train_fraction=0.5)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "base: demo\n"
+        f"set: [{', '.join([*TINY, 'train.epochs=1', f'data.split_file={full}'])}]\n"
+        f"factors:\n  data.split_file: [{half}]\n"
+        "seeds: [0]\nbootstrap: 30\n"
+    )
+    study = tmp_path / "abl"
+    summary = run_ablation(synth_dataset, str(grid), study, progress=False)
+    assert [r["cell"] for r in summary.rows] == ["reference", "split_file=half.csv"]
+    assert (study / "split.csv").read_bytes() == full.read_bytes()  # the given split, not a new one
+    ran = {
+        c: read_split(study / "cells" / c / "seed0" / "split.csv")
+        for c in ("reference", "split_file=half.csv")
+    }
+    assert ran["reference"] == read_split(full) and ran["split_file=half.csv"] == read_split(half)
+    counts = {c: sum(v == "train" for v in r.values()) for c, r in ran.items()}
+    assert 0 < counts["split_file=half.csv"] < counts["reference"]
+    # a study keeps its split: another one on a rerun is refused, and nothing is lost
+    other = tmp_path / "other.csv"
+    split_dataset(synth_dataset, other, seed=9)
+    with pytest.raises(ConfigError, match="differs from this study's split"):
+        run_ablation(synth_dataset, str(grid), study, progress=False, extra_set=[f"data.split_file={other}"])
+    assert (study / "split.csv").read_bytes() == full.read_bytes()
+
+
+def test_ablation_split_factor_errors(tmp_path: Path) -> None:
+    from eyefuse.workflows.ablation import grid_cells, load_grid
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for f in ("a/s.csv", "b/s.csv"):
+        (tmp_path / f).write_text("patient_id,split\n")
+    grid = tmp_path / "g.yaml"
+    grid.write_text(f"base: demo\nfactors:\n  data.split_file: [{tmp_path / 'a' / 'gone.csv'}]\n")
+    with pytest.raises(ConfigError, match="gone.csv does not exist"):
+        grid_cells(load_grid(str(grid)))
+    grid.write_text(
+        f"base: demo\nfactors:\n  data.split_file: [{tmp_path / 'a/s.csv'}, {tmp_path / 'b/s.csv'}]\n"
+    )
+    with pytest.raises(ConfigError, match="share the folder name"):
+        grid_cells(load_grid(str(grid)))
+
+
 def test_ablation_grid_errors(tmp_path: Path) -> None:
     from eyefuse.workflows.ablation import grid_cells, load_grid
 

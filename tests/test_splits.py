@@ -143,6 +143,33 @@ def test_bad_fractions(tmp_path, kwargs, message):
     assert not (tmp_path / "s.csv").exists()
 
 
+def test_train_fraction_keeps_validation_and_test_and_leaves_the_rest_unused(tmp_path):
+    ds = memory_dataset(500)
+    split_dataset(ds, tmp_path / "full.csv", seed=3)
+    summary = split_dataset(ds, tmp_path / "half.csv", seed=3, train_fraction=0.5)
+    full, half = read_split(tmp_path / "full.csv"), read_split(tmp_path / "half.csv")
+    assert summary.counts == {"train": 175, "val": 75, "test": 75, "unused": 175}
+    for key, name in full.items():  # the same validation and test patients
+        if name in ("val", "test"):
+            assert half[key] == name
+        else:
+            assert half[key] in ("train", "unused")
+    groups = apply_split(ds, tmp_path / "half.csv")
+    assert [p.key for p in groups["unused"]] == [p.key for p in ds if half[p.key] == "unused"]
+    overall = ds.label_matrix().mean(axis=0)
+    assert np.abs(summary.prevalence["train"] - overall).max() < 0.03  # stratified
+    assert "train_fraction 0.5" in str(summary)
+    last = str(split_dataset(ds, tmp_path / "again.csv", seed=3)).splitlines()[-1]
+    assert last.endswith("test_fraction 0.15)")  # all of `train` kept: not mentioned
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.5, 1.5])
+def test_bad_train_fraction(tmp_path, fraction):
+    with pytest.raises(ConfigError, match="train_fraction must be in"):
+        split_dataset(memory_dataset(20), tmp_path / "s.csv", train_fraction=fraction)
+    assert not (tmp_path / "s.csv").exists()
+
+
 def test_test_fraction_zero_gives_no_test_split(tmp_path):
     summary = split_dataset(memory_dataset(40), tmp_path / "s.csv", test_fraction=0)
     assert set(summary.counts) == {"train", "val"}

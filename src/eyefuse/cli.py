@@ -258,6 +258,7 @@ def cmd_split(args: argparse.Namespace) -> int:
         seed=args.seed,
         problem_images=args.problem_images,
         test_fraction=args.test_fraction,
+        train_fraction=args.train_fraction,
     )
     print(summary)
     return EXIT_OK
@@ -608,6 +609,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of the training pool held out as 'test' (default 0.15 when the dataset has no "
         "official test set; must be 0 when it has one, whose off-site/on-site sets are the tests)",
     )
+    p.add_argument(
+        "--train-fraction",
+        type=float,
+        default=1.0,
+        help="share of the 'train' patients to keep, the rest marked 'unused' (for a learning curve: "
+        "the same seed keeps the same validation and test patients; default 1)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the stratification")
     p.add_argument("--problem-images", choices=PROBLEM_IMAGES.names, default="exclude", help=problem_help)
 
@@ -638,8 +646,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--split",
         default=None,
-        help="split to evaluate: test, offsite, onsite, val, train (default: offsite when the dataset "
-        "has the official off-site test, else the run's test split)",
+        help="split to evaluate: test, offsite, onsite, val, train, unused (default: offsite when the "
+        "dataset has the official off-site test, else the run's test split)",
     )
     p.add_argument("--out", type=Path, required=True, help="report folder")
     p.add_argument(

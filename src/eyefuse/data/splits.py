@@ -10,7 +10,12 @@ Patients of the official ODIR test sets (sources `offsite`, `onsite`) keep their
 split and are never used for training or model selection; the rest (the training pool) is split
 into `train` and `val`, plus `test` when the dataset has no official test set.
 
-Split CSV: header `patient_id,source,split`, split in `train | val | test | offsite | onsite`.
+A learning curve needs fewer training patients and the same validation and test patients:
+`train_fraction` below 1 keeps that share of `train` (stratified the same way) and marks the rest
+`unused`, a split nothing trains, validates or tests on.
+
+Split CSV: header `patient_id,source,split`, split in `train | val | test | offsite | onsite |
+unused`.
 A hand-written `patient_id,split` file (no source column) is accepted too; its rows match a patient
 of any source with that ID. Every patient of the dataset is in the file, including patients without a
 usable eye (training drops those itself), so the file fits the dataset whatever `problem_images` is.
@@ -33,7 +38,9 @@ from eyefuse.data.tables import cell_text, read_table
 from eyefuse.errors import ConfigError, DataError
 from eyefuse.utils.io import atomic_write_text
 
-SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test", "offsite", "onsite")
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test", "offsite", "onsite", "unused")
+#: The split of patients left out of a run altogether (`train_fraction` below 1).
+UNUSED_SPLIT = "unused"
 #: Sources whose patients form an official test set and keep it as their split.
 OFFICIAL_TEST_SOURCES: tuple[str, ...] = ("offsite", "onsite")
 SPLIT_COLUMNS: tuple[str, ...] = ("patient_id", "source", "split")
@@ -107,6 +114,7 @@ class SplitSummary:
     val_fraction: float
     test_fraction: float
     unusable: int = 0  #: patients without a usable eye (in the file; training drops them)
+    train_fraction: float = 1.0  #: share of the `train` patients kept (the rest are `unused`)
 
     def __str__(self) -> str:
         head = f"{'split':<8} {'patients':>8} " + " ".join(f"{n:>6}" for n in self.label_names)
@@ -114,9 +122,10 @@ class SplitSummary:
         for name, count in self.counts.items():
             prev = " ".join(f"{100 * v:5.1f}%" for v in self.prevalence[name])
             lines.append(f"{name:<8} {count:>8} {prev}")
+        kept = f", train_fraction {self.train_fraction:g}" if self.train_fraction < 1.0 else ""
         lines.append(
             f"wrote {self.path} (seed {self.seed}, val_fraction {self.val_fraction:g}, "
-            f"test_fraction {self.test_fraction:g})"
+            f"test_fraction {self.test_fraction:g}{kept})"
         )
         if self.unusable:
             lines.append(f"{self.unusable} patient(s) have no usable eye: listed, but training drops them")
@@ -137,6 +146,7 @@ def split_dataset(
     seed: int = 0,
     problem_images: str = "exclude",
     test_fraction: float | None = None,
+    train_fraction: float = 1.0,
 ) -> SplitSummary:
     """Split a dataset by patient and write the split CSV atomically.
 
@@ -148,9 +158,13 @@ def split_dataset(
         problem_images: passed to `load_dataset` (affects only the count of unusable patients).
         test_fraction: share of the training pool held out as `test`; default 0.15 when the
             dataset has no official test set, and must be None or 0 when it has one.
+        train_fraction: share of the `train` patients kept, in (0, 1]; the rest are `unused`. The
+            validation and test patients are those of the same seed with `train_fraction` 1.
     """
     if not 0.0 < val_fraction < 1.0:
         raise ConfigError(f"val_fraction must be in (0, 1), not {val_fraction}")
+    if not 0.0 < train_fraction <= 1.0:
+        raise ConfigError(f"train_fraction must be in (0, 1], not {train_fraction}")
     dataset = data if isinstance(data, Dataset) else load_dataset(data, problem_images=problem_images)
     official = [s for s in dataset.sources() if s in OFFICIAL_TEST_SOURCES]
     if official:
@@ -173,8 +187,15 @@ def split_dataset(
     split_of: dict[tuple[str, str], str] = {p.key: p.source for p in dataset.patients if p.source in official}
     if pool:
         y = np.stack([p.labels for p in pool])
-        assign = iterative_stratification(y, fractions, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        assign = iterative_stratification(y, fractions, rng)
         split_of.update({p.key: names[a] for p, a in zip(pool, assign, strict=True)})
+        train = [p for p in pool if split_of[p.key] == "train"]
+        if train_fraction < 1.0 and train:
+            # After the split above, from the same generator: val and test stay as they were.
+            y_train = np.stack([p.labels for p in train])
+            keep = iterative_stratification(y_train, [train_fraction, 1.0 - train_fraction], rng)
+            split_of.update({p.key: UNUSED_SPLIT for p, k in zip(train, keep, strict=True) if k == 1})
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -199,6 +220,7 @@ def split_dataset(
         val_fraction=val_fraction,
         test_fraction=tf,
         unusable=len(dataset.unusable()),
+        train_fraction=train_fraction,
     )
 
 
@@ -302,6 +324,7 @@ def apply_split(
 __all__ = [
     "OFFICIAL_TEST_SOURCES",
     "SPLIT_NAMES",
+    "UNUSED_SPLIT",
     "SplitSummary",
     "apply_split",
     "iterative_stratification",

@@ -27,7 +27,7 @@ from eyefuse.data.dataset import (
 from eyefuse.data.odir import Patient, load_dataset
 from eyefuse.data.prepare import default_cache_dir
 from eyefuse.data.preprocess import PreprocessError
-from eyefuse.data.splits import apply_split, split_dataset
+from eyefuse.data.splits import UNUSED_SPLIT, apply_split, split_dataset
 from eyefuse.errors import ConfigError, EyefuseError
 from eyefuse.train.distributed import DistInfo, barrier, broadcast_object
 from eyefuse.utils.io import atomic_write_text, sha256_file, writable_dir_problem
@@ -84,10 +84,13 @@ class RunData:
     failed_images: int = 0
     set_aside: list[tuple[Patient, str, str]] = field(default_factory=list)  # (patient, split, reason)
     set_aside_file: Path | None = None
+    unused: int = 0  #: patients of the split file's `unused` split (never loaded)
 
     def summary(self) -> str:
         parts = [f"{name} {len(p)}" for name, p in self.splits.items()]
         text = "patients: " + ", ".join(parts)
+        if self.unused:
+            text += f"; {self.unused} patients left out (split {UNUSED_SPLIT!r})"
         if self.failed_images:
             text += f"; {self.failed_images} images failed preprocessing (that eye is treated as missing)"
         if self.set_aside:
@@ -119,6 +122,7 @@ def load_run_data(cfg: Config, run_dir: Path, info: DistInfo, progress: bool) ->
         )
     barrier(info)
     splits = apply_split(dataset, run_split)
+    unused = len(splits.pop(UNUSED_SPLIT, []))  # not prepared, not set aside: not part of the run
     loader = prepared_loader(cfg, cfg.data.root, [p for ps in splits.values() for p in ps], progress, info)
     dropped: dict[str, int] = {}
     set_aside: list[tuple[Patient, str, str]] = []
@@ -144,6 +148,7 @@ def load_run_data(cfg: Config, run_dir: Path, info: DistInfo, progress: bool) ->
         failed_images=len(loader.failed),
         set_aside=set_aside,
         set_aside_file=set_aside_file,
+        unused=unused,
     )
 
 

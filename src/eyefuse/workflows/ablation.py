@@ -2,8 +2,12 @@
 resumable command.
 
 Every cell trains with the same split file and the same seeds, then is evaluated on the same test
-patients. A finished cell leaves `result.json` and is skipped on a rerun; a cell that was killed
-resumes from its `last` checkpoint. The table compares every cell with the reference cell with
+patients. The study's split is `data.split_file` when the grid's `set` (or `--set`) names one, else
+one made by `eyefuse split`'s rule; either is kept as `split.csv` in the study folder and cannot change
+on a resumed run. A factor `data.split_file` gives its cells their own split (a learning curve:
+`eyefuse split --train-fraction`), which must hold the same evaluated patients. A finished cell
+leaves `result.json` and is skipped on a rerun; a cell that was killed resumes from its `last`
+checkpoint. The table compares every cell with the reference cell with
 `eyefuse.eval.compare.paired_comparison`: a paired bootstrap over the same test patients for both
 cells (much tighter than comparing two independent confidence intervals), averaged over the seeds of
 each cell with the seeds resampled too, and a verdict "better", "worse" or "not distinguishable" from
@@ -139,18 +143,35 @@ def grid_cells(spec: dict[str, Any]) -> list[Cell]:
         for key, values in spec["factors"].items():
             for v in values:
                 if v != ref_values[key]:
-                    cells.append(Cell(f"{key.split('.')[-1]}={v}", {key: v}))
+                    cells.append(Cell(f"{key.split('.')[-1]}={_shown(v)}", {key: v}))
     else:
         keys = list(spec["factors"])
         for combo in itertools.product(*(spec["factors"][k] for k in keys)):
             overrides = {k: v for k, v in zip(keys, combo, strict=True) if v != ref_values[k]}
             if overrides:
                 cells.append(
-                    Cell(",".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items()), overrides)
+                    Cell(",".join(f"{k.split('.')[-1]}={_shown(v)}" for k, v in overrides.items()), overrides)
                 )
+    names = [c.name for c in cells]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ConfigError(f"grid cells would share the folder name(s) {', '.join(twice)}: rename the files")
     for cell in cells:  # every cell must be a valid config before anything trains
         load_config(spec["base"], [*list(spec.get("set") or []), *cell.set_args()])
+        own_split = cell.overrides.get(SPLIT_KEY)
+        if own_split is not None and not Path(str(own_split)).is_file():
+            raise ConfigError(f"grid cell {cell.name}: {SPLIT_KEY} {own_split} does not exist")
     return cells
+
+
+#: The config key of a split file: the study's in `set`, a cell's own as a factor.
+SPLIT_KEY = "data.split_file"
+
+
+def _shown(value: Any) -> str:
+    """A factor value as a cell's folder name shows it: a path by its file name."""
+    text = str(value)
+    return Path(text).name if "/" in text or os.sep in text else text
 
 
 def _get(cfg: Any, key: str) -> Any:
@@ -205,7 +226,19 @@ def run_ablation(
     split_file = out / "split.csv"
     if table_only and not split_file.is_file():
         raise ConfigError(f"{out}: no ablation study here yet (no split.csv); no seed has finished")
-    if not split_file.is_file():
+    given = Path(base.data.split_file) if base.data.split_file else None
+    if given is not None:
+        if not given.is_file():
+            raise ConfigError(f"{SPLIT_KEY} {given} does not exist")
+        text = given.read_text(encoding="utf-8")
+        if not split_file.is_file():
+            atomic_write_text(split_file, text)
+        elif split_file.read_text(encoding="utf-8") != text:
+            raise ConfigError(
+                f"{SPLIT_KEY} {given} differs from this study's split {split_file}: a study keeps its "
+                "split (start a new --out to use another)"
+            )
+    elif not split_file.is_file():
         split_dataset(
             data,
             split_file,
@@ -229,7 +262,8 @@ def run_ablation(
             if table_only:
                 continue
             overrides = [*spec["set"], *cell.set_args(), f"train.seed={seed}"]
-            _train_and_evaluate(data, spec["base"], overrides, run_dir, split_file, split, spec, progress)
+            cell_split = Path(str(cell.overrides.get(SPLIT_KEY, split_file)))
+            _train_and_evaluate(data, spec["base"], overrides, run_dir, cell_split, split, spec, progress)
             trained += 1
     if table_only:
         done = [s for s in spec["seeds"] if all(_finished(out, c, s) for c in cells)]
