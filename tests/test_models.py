@@ -485,6 +485,9 @@ def test_mirror_swap_tta_checks_the_presence_masks() -> None:
     a, b = _images(2)
     with pytest.raises(ValueError, match=r"left_present must have shape \(2,\)"):
         model(a, b, torch.tensor([True, True, True]), None)
+    # rows of the batch as given, not of the doubled one
+    with pytest.raises(ValueError, match=r"both eyes absent for batch rows \[1\]:"):
+        model(a, b, torch.tensor([True, False]), torch.tensor([True, False]))
 
 
 def test_model_inputs_use_model_mean_and_std() -> None:

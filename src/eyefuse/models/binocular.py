@@ -170,14 +170,7 @@ class BinocularNet(nn.Module):
             # looks like a left one), run in the same call as a second half of the batch.
             left, right = torch.cat([left, right.flip(-1)]), torch.cat([right, left.flip(-1)])
             if left_present is not None or right_present is not None:
-                ones = torch.ones(batch, dtype=torch.bool, device=left.device)
-                lp = ones if left_present is None else left_present
-                rp = ones if right_present is None else right_present
-                for name, mask in (("left_present", lp), ("right_present", rp)):
-                    if mask.shape != (batch,):
-                        raise ValueError(f"{name} must have shape ({batch},), got {tuple(mask.shape)}")
-                lp = lp.to(device=left.device, dtype=torch.bool)
-                rp = rp.to(device=left.device, dtype=torch.bool)
+                lp, rp = self._presence(batch, left_present, right_present, left.device)
                 left_present, right_present = torch.cat([lp, rp]), torch.cat([rp, lp])
         feat_left, feat_right = self.forward_features(left, right)
         if recording_allowed():
@@ -219,22 +212,21 @@ class BinocularNet(nn.Module):
         return out
 
     @staticmethod
-    def _fill_missing(
-        feat_left: torch.Tensor,
-        feat_right: torch.Tensor,
+    def _presence(
+        batch: int,
         left_present: torch.Tensor | None,
         right_present: torch.Tensor | None,
+        device: torch.device,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if left_present is None and right_present is None:
-            return feat_left, feat_right
-        batch = feat_left.shape[0]
+        """Both presence masks as bool ``(batch,)`` on `device` (None: present), checked: the shape,
+        and at least one eye per patient."""
         masks = []
         for name, mask in (("left_present", left_present), ("right_present", right_present)):
             if mask is None:
-                mask = torch.ones(batch, dtype=torch.bool, device=feat_left.device)
+                mask = torch.ones(batch, dtype=torch.bool, device=device)
             elif mask.shape != (batch,):
                 raise ValueError(f"{name} must have shape ({batch},), got {tuple(mask.shape)}")
-            masks.append(mask.to(device=feat_left.device, dtype=torch.bool))
+            masks.append(mask.to(device=device, dtype=torch.bool))
         lp, rp = masks
         neither = ~(lp | rp)
         # A check on tensor values cannot be traced; it runs in eager use, not while exporting.
@@ -243,6 +235,18 @@ class BinocularNet(nn.Module):
                 f"both eyes absent for batch rows {neither.nonzero().flatten().tolist()}: "
                 "a patient needs at least one eye"
             )
+        return lp, rp
+
+    @staticmethod
+    def _fill_missing(
+        feat_left: torch.Tensor,
+        feat_right: torch.Tensor,
+        left_present: torch.Tensor | None,
+        right_present: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if left_present is None and right_present is None:
+            return feat_left, feat_right
+        lp, rp = BinocularNet._presence(feat_left.shape[0], left_present, right_present, feat_left.device)
         new_left = torch.where(lp.view(-1, 1, 1, 1), feat_left, feat_right)
         new_right = torch.where(rp.view(-1, 1, 1, 1), feat_right, feat_left)
         return new_left, new_right
