@@ -88,6 +88,15 @@ def test_evaluate_writes_report_and_official_csv(synth_dataset: Path, tiny_run: 
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "never the fitted thresholds" in html and "raw (no temperatures)" in html
     assert main(["score", "--predictions", str(summary.submission), "--truth", str(truth), "--json"]) == 0
+    # the per-patient scores `eyefuse compare` reads: the same patients, truth and figures
+    from eyefuse.eval.compare import ranking_macro_auroc
+    from eyefuse.eval.predictions import read_predictions
+
+    pred = read_predictions(summary.predictions)
+    assert summary.predictions == tmp_path / "rep" / "predictions.csv" and len(pred.ids) == 16
+    assert ranking_macro_auroc(pred.truth, pred.scores) == pytest.approx(
+        metrics["evaluation"]["macro"]["auroc"], abs=1e-6
+    )
 
 
 @pytest.mark.slow
@@ -130,6 +139,17 @@ def test_ablation_runs_and_resumes(synth_dataset: Path, tmp_path: Path) -> None:
         rows = list(csv.DictReader(f))
     called = np.mean([sum(float(v) >= 0.5 for k, v in r.items() if k.startswith("prob_")) for r in rows])
     assert first.rows[0]["labels_at_0_5"] == pytest.approx(called, abs=0.005) and "labels at 0.5" in table
+    # `eyefuse compare` on the cells' seed folders gives the table's paired difference
+    from eyefuse.workflows.compare import run_compare
+
+    cells = tmp_path / "abl" / "cells"
+    cmp = run_compare([cells / "fusion=concat" / "seed0"], [cells / "reference" / "seed0"], n_boot=30)
+    auroc = next(c for c in cmp.comparisons if c.metric == "macro AUROC")
+    assert round(auroc.diff, 4) == first.rows[1]["delta_macro_auroc"]
+    assert (round(auroc.lo, 4), round(auroc.hi, 4)) == (
+        first.rows[1]["delta_macro_auroc_lo"],
+        first.rows[1]["delta_macro_auroc_hi"],
+    )
     second = run_ablation(data, str(grid), tmp_path / "abl", progress=False)
     assert (second.trained, second.skipped) == (0, 2)
     assert second.rows == first.rows

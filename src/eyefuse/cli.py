@@ -382,6 +382,19 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from eyefuse.workflows.compare import run_compare
+
+    names = tuple(n.strip() for n in args.names.split(","))
+    if len(names) != 2:
+        raise ConfigError(
+            f"--names takes two names separated by a comma, like fused,single: got {args.names}"
+        )
+    summary = run_compare(args.a, args.b, names=names, n_boot=args.bootstrap, out=args.out)  # type: ignore[arg-type]
+    print(summary)
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from eyefuse.workflows.demo import run_demo
 
@@ -681,6 +694,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated training seeds replacing the grid's, e.g. 0,1,2 (default: the grid's)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = add(
+        "compare",
+        "is A better than B? paired bootstrap of separately trained runs on the same patients",
+        cmd_compare,
+    )
+    arm_help = (
+        "arm {}: predictions.csv files or folders holding one (`eyefuse evaluate --out` report folders, "
+        "ablation seed folders), one per training seed"
+    )
+    p.add_argument("--a", nargs="+", required=True, metavar="REPORT", help=arm_help.format("A"))
+    p.add_argument("--b", nargs="+", required=True, metavar="REPORT", help=arm_help.format("B"))
+    p.add_argument("--names", default="A,B", help="the two arms' names, comma-separated (default A,B)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples (default 1000)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for comparison.md and comparison.json (default: print only)",
+    )
 
     p = add("demo", "synthesise, prepare, train, calibrate, evaluate and report, end to end", cmd_demo)
     p.add_argument("--out", type=Path, default=Path("demo"), help="demo folder (rerun resumes)")

@@ -182,9 +182,59 @@ def paired_comparison(
     )
 
 
+def bootstrap_samples(n: int, n_boot: int, seed: int = 0) -> list[np.ndarray]:
+    """`n_boot` patient draws with replacement, the same for every arm a table shows."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, n, n) for _ in range(n_boot)]
+
+
+@dataclass(frozen=True)
+class ArmFigures:
+    """One arm's ODIR final and macro AUROC (means over its seeds) with 95 % percentile intervals
+    over patient draws, and the labels per patient its decisions call at the official 0.5."""
+
+    final: float
+    final_ci: tuple[float, float]
+    auroc: float
+    auroc_ci: tuple[float, float]
+    labels_at_0_5: float
+
+
+def _percentile_interval(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return (math.nan, math.nan)
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def arm_figures(truth: np.ndarray, preds: Sequence[np.ndarray], samples: Sequence[np.ndarray]) -> ArmFigures:
+    """`ArmFigures` of one arm: `preds` holds one `stack_scores` entry per seed, `samples` the patient
+    draws (`bootstrap_samples`); a draw on which a figure is undefined is left out of its interval."""
+    k = len(preds)
+    finals = [official_final(truth, p) for p in preds]
+    aurocs = [ranking_macro_auroc(truth, p) for p in preds]
+    boot: dict[str, list[float]] = {"final": [], "auroc": []}
+    for idx in samples:
+        f = sum(official_final(truth[idx], p[idx]) for p in preds) / k
+        a = sum(ranking_macro_auroc(truth[idx], p[idx]) for p in preds) / k
+        for key, v in (("final", f), ("auroc", a)):
+            if not math.isnan(v):
+                boot[key].append(v)
+    return ArmFigures(
+        final=float(np.mean(finals)),
+        final_ci=_percentile_interval(boot["final"]),
+        auroc=float(np.mean(aurocs)),
+        auroc_ci=_percentile_interval(boot["auroc"]),
+        labels_at_0_5=float(np.mean([(p[:, 0] >= 0.5).sum(1).mean() for p in preds])),
+    )
+
+
 __all__ = [
     "VERDICTS",
+    "ArmFigures",
     "Comparison",
+    "arm_figures",
+    "bootstrap_samples",
     "official_final",
     "paired_comparison",
     "ranking_macro_auroc",

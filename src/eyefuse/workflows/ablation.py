@@ -40,7 +40,6 @@ import csv
 import io
 import itertools
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -55,8 +54,16 @@ from eyefuse.config import load_config, parse_yaml
 from eyefuse.data.odir import load_dataset
 from eyefuse.data.splits import split_dataset
 from eyefuse.errors import ConfigError
-from eyefuse.eval.compare import official_final, paired_comparison, ranking_macro_auroc, stack_scores
+from eyefuse.eval.compare import (
+    arm_figures,
+    bootstrap_samples,
+    official_final,
+    paired_comparison,
+    ranking_macro_auroc,
+)
 from eyefuse.eval.metrics import macro_auroc, official_score
+from eyefuse.eval.predictions import FILE_NAME as PREDICTIONS
+from eyefuse.eval.predictions import read_predictions, write_predictions
 from eyefuse.train.engine import fit
 from eyefuse.utils.io import atomic_write_json, atomic_write_text
 from eyefuse.workflows.evaluate import predict_split
@@ -299,16 +306,7 @@ def _train_and_evaluate(
     fit(cfg, run_dir, resume=resume, progress=progress)
     sp = predict_split(run_dir, split, progress=progress)
     official = official_score(sp.truth, sp.prob, rank_prob=sp.rank_prob)
-    names = sp.label_names
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(
-        ["ID", *[f"true_{n}" for n in names], *[f"prob_{n}" for n in names], *[f"rank_{n}" for n in names]]
-    )
-    for i, pid in enumerate(sp.ids):
-        scores = [*sp.prob[i], *sp.rank_prob[i]]
-        w.writerow([pid, *sp.truth[i].tolist(), *[f"{p:.8g}" for p in scores]])
-    atomic_write_text(run_dir / "predictions.csv", buf.getvalue())
+    write_predictions(run_dir / PREDICTIONS, sp.ids, sp.truth, sp.prob, sp.rank_prob, sp.label_names)
     atomic_write_json(
         run_dir / "result.json",
         {
@@ -329,25 +327,9 @@ def _finished(out: Path, cell: Cell, seed: int) -> bool:
 
 
 def _read_predictions(run_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """IDs, truth and the `stack_scores` entry (decisions and ranking scores, ``N x 2 x L``).
-
-    A cell written before ranking scores were stored (``rank_*`` columns) ranks its decisions."""
-    with open(run_dir / "predictions.csv", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    header, body = rows[0], rows[1:]
-    n = sum(1 for h in header if h.startswith("true_"))
-    ids = [r[0] for r in body]
-    truth = np.array([[int(v) for v in r[1 : 1 + n]] for r in body], dtype=int)
-    prob = np.array([[float(v) for v in r[1 + n : 1 + 2 * n]] for r in body], dtype=np.float64)
-    has_rank = len(header) == 1 + 3 * n
-    rank = (
-        np.array([[float(v) for v in r[1 + 2 * n :]] for r in body], dtype=np.float64) if has_rank else None
-    )
-    return ids, truth, stack_scores(prob, rank)
-
-
-def _scores(truth: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
-    return official_final(truth, pred), ranking_macro_auroc(truth, pred)
+    """IDs, truth and the `stack_scores` entry (decisions and ranking scores, ``N x 2 x L``)."""
+    p = read_predictions(run_dir / PREDICTIONS)
+    return p.ids, p.truth, p.scores
 
 
 def _table(
@@ -366,36 +348,7 @@ def _table(
         if ids != ref_ids:
             raise ConfigError(f"ablation cell {key[0]} seed {key[1]} was evaluated on other patients")
     n = len(ref_ids)
-    rng = np.random.default_rng(0)
-    samples = [rng.integers(0, n, n) for _ in range(n_boot)]
-
-    def stats(name: str) -> dict[str, Any]:
-        finals, aurocs, called = [], [], []
-        for s in spec["seeds"]:
-            _, truth, prob = preds[(name, s)]
-            f, a = _scores(truth, prob)
-            finals.append(f)
-            aurocs.append(a)
-            called.append(float((prob[:, 0] >= 0.5).sum(1).mean()))  # what the official 0.5 calls
-        return {
-            "final": float(np.mean(finals)),
-            "auroc": float(np.mean(aurocs)),
-            "called": float(np.mean(called)),
-        }
-
-    def boot(name: str) -> dict[str, tuple[float, float]]:
-        vals: dict[str, list[float]] = {"final": [], "auroc": []}
-        for idx in samples:
-            f_c = a_c = 0.0
-            for s in spec["seeds"]:
-                _, truth, prob = preds[(name, s)]
-                fc, ac = _scores(truth[idx], prob[idx])
-                f_c, a_c = f_c + fc, a_c + ac
-            k = len(spec["seeds"])
-            for key, v in (("final", f_c), ("auroc", a_c)):
-                if not math.isnan(v):
-                    vals[key].append(v / k)
-        return {k: _interval(v) for k, v in vals.items()}
+    samples = bootstrap_samples(n, n_boot)
 
     truth = preds[("reference", spec["seeds"][0])][1]
 
@@ -412,7 +365,7 @@ def _table(
 
     rows: list[dict[str, Any]] = []
     for cell in cells:
-        st, ci = stats(cell.name), boot(cell.name)
+        fig = arm_figures(truth, [preds[(cell.name, s)][2] for s in spec["seeds"]], samples)
         d_final = compare(cell.name, official_final, "ODIR final")
         d_auroc = compare(cell.name, ranking_macro_auroc, "macro AUROC")
         rows.append(
@@ -420,12 +373,12 @@ def _table(
                 "cell": cell.name,
                 "overrides": ";".join(cell.set_args()) or "(reference)",
                 "seeds": len(spec["seeds"]),
-                "final": round(st["final"], 4),
-                "final_lo": round(ci["final"][0], 4),
-                "final_hi": round(ci["final"][1], 4),
-                "macro_auroc": round(st["auroc"], 4),
-                "macro_auroc_lo": round(ci["auroc"][0], 4),
-                "macro_auroc_hi": round(ci["auroc"][1], 4),
+                "final": round(fig.final, 4),
+                "final_lo": round(fig.final_ci[0], 4),
+                "final_hi": round(fig.final_ci[1], 4),
+                "macro_auroc": round(fig.auroc, 4),
+                "macro_auroc_lo": round(fig.auroc_ci[0], 4),
+                "macro_auroc_hi": round(fig.auroc_ci[1], 4),
                 "delta_final": round(d_final.diff, 4),
                 "delta_final_lo": round(d_final.lo, 4),
                 "delta_final_hi": round(d_final.hi, 4),
@@ -434,7 +387,7 @@ def _table(
                 "delta_macro_auroc_lo": round(d_auroc.lo, 4),
                 "delta_macro_auroc_hi": round(d_auroc.hi, 4),
                 "verdict_macro_auroc": d_auroc.verdict,
-                "labels_at_0_5": round(st["called"], 2),
+                "labels_at_0_5": round(fig.labels_at_0_5, 2),
             }
         )
     results = [
@@ -480,10 +433,3 @@ def _table(
             f"{verdict(r, 'verdict_macro_auroc')} | {r['labels_at_0_5']:.2f} |"
         )
     return rows, "\n".join(lines)
-
-
-def _interval(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return (math.nan, math.nan)
-    lo, hi = np.percentile(values, [2.5, 97.5])
-    return float(lo), float(hi)

@@ -30,6 +30,8 @@ from eyefuse.data.odir import load_dataset
 from eyefuse.data.splits import apply_split
 from eyefuse.errors import ConfigError, DataError
 from eyefuse.eval.metrics import evaluate_predictions, official_score
+from eyefuse.eval.predictions import FILE_NAME as PREDICTIONS
+from eyefuse.eval.predictions import write_predictions
 from eyefuse.eval.report import format_headline, write_report
 from eyefuse.eval.score import write_submission
 from eyefuse.models.checkpoint import (
@@ -212,9 +214,12 @@ class EvaluateSummary:
     submission: Path | None
     n_patients: int
     evaluation: dict[str, Any]
+    predictions: Path | None = None
 
     def __str__(self) -> str:
         lines = [self.headline, f"patients evaluated: {self.n_patients}", f"report: {self.report}"]
+        if self.predictions:
+            lines.append(f"per-patient scores (for `eyefuse compare`): {self.predictions}")
         if self.submission:
             lines.append(f"official submission CSV: {self.submission}")
         return "\n".join(lines)
@@ -309,6 +314,8 @@ def run_evaluate(
         context=context,
         metrics_csv=metrics_csv if metrics_csv.is_file() else None,
     )
+    predictions = out / PREDICTIONS
+    write_predictions(predictions, sp.ids, sp.truth, sp.prob, sp.rank_prob, sp.label_names)
     submission = None
     if tuple(sp.label_names) == ODIR_LABELS:
         submission = out / f"submission_{split}.csv"
@@ -317,4 +324,4 @@ def run_evaluate(
     for w in warnings:
         headline += f"\nwarning: {w}"
     headline += f"\n(evaluated in {time.perf_counter() - t0:.1f} s)"
-    return EvaluateSummary(headline, files.html, submission, len(sp.ids), evaluation)
+    return EvaluateSummary(headline, files.html, submission, len(sp.ids), evaluation, predictions)
