@@ -36,6 +36,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, expo
         fusion="ffm",
         temperatures=TEMPERATURES,
         thresholds=THRESHOLDS,
+        threshold_method="youden",
+        calibration_split={"name": "val", "file": "split.csv", "hash": "0" * 64},
+        calibration_warnings=["H: temperature at its search bound"],
         epoch=3,
     )
     steps: list[str] = []
@@ -92,6 +95,10 @@ def test_predict_with_onnx_equals_the_checkpoint(tmp_path, exported) -> None:
             [a.probabilities[k] for k in ODIR_LABELS], [b.probabilities[k] for k in ODIR_LABELS], atol=1e-4
         )
         assert a.thresholds == b.thresholds
+    # the decision note says the same with either: the method and split the thresholds were fitted by
+    assert onnx_predictor.decision_rule() == Predictor.from_checkpoint(ckpt).decision_rule()
+    assert "(youden on val)" in onnx_predictor.decision_rule()
+    assert onnx_predictor.meta.calibration_warnings == ("H: temperature at its search bound",)
 
 
 @pytest.mark.slow

@@ -284,9 +284,11 @@ def export_onnx(
             "decision_rule": "a label is positive when its probability > its threshold",
             "thresholds": [float(t) for t in thresholds],
             "thresholds_fitted": meta.thresholds_fitted,
+            "threshold_method": meta.threshold_method,
             "temperatures": list(meta.temperatures) if meta.temperatures is not None else None,
             "temperatures_applied_in_graph": True,
             "calibration_split": meta.calibration_split,
+            "calibration_warnings": list(meta.calibration_warnings),
             "config": meta.config,
             "source_checkpoint": {
                 "path": str(ckpt_dir.resolve()),
