@@ -167,6 +167,56 @@ def test_ablation_runs_and_resumes(synth_dataset: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_ablation_cross_validated_scores_every_pool_patient_once(synth_dataset: Path, tmp_path: Path) -> None:
+    """`folds: 2`: every cell trains once per fold and is scored on both test parts together."""
+    from eyefuse.data.splits import read_split
+    from eyefuse.eval.predictions import read_predictions
+    from eyefuse.workflows.ablation import run_ablation
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        "base: demo\n"
+        f"set: [{', '.join([*TINY, 'train.epochs=1'])}]\n"
+        "factors:\n  model.fusion: [concat]\n"
+        "seeds: [0]\nbootstrap: 30\nfolds: 2\n"
+    )
+    study = tmp_path / "cv"
+    first = run_ablation(synth_dataset, str(grid), study, progress=False)
+    assert (first.trained, first.skipped) == (4, 0)
+    folds = [read_split(study / "folds" / f"fold{k}.csv") for k in (1, 2)]
+    tested = [{key[1] for key, s in f.items() if s == "test"} for f in folds]
+    assert not tested[0] & tested[1]
+    seen = []
+    for k in (1, 2):
+        ran = read_split(study / "cells" / "fusion=concat" / "seed0" / f"fold{k}" / "split.csv")
+        assert ran == folds[k - 1]  # each fold's run trained on that fold's split
+        seen += read_predictions(
+            study / "cells" / "fusion=concat" / "seed0" / f"fold{k}" / "predictions.csv"
+        ).ids
+    assert len(seen) == len(set(seen)) and set(seen) <= tested[0] | tested[1]
+    assert f"the test parts of 2 cross-validation folds together ({len(seen)} patients" in first.markdown
+    assert "Training and evaluation time of these 4 runs" in first.markdown
+    again = run_ablation(synth_dataset, str(grid), study, progress=False)
+    assert (again.trained, again.skipped) == (0, 4) and again.rows == first.rows
+    assert run_ablation(synth_dataset, str(grid), study, progress=False, table_only=True).rows == first.rows
+    # the study keeps its folds; a split file cannot be combined with them
+    grid.write_text(grid.read_text().replace("folds: 2", "folds: 3"))
+    with pytest.raises(ConfigError, match="this study has 2 folds, the grid asks for 3"):
+        run_ablation(synth_dataset, str(grid), study, progress=False)
+    with pytest.raises(ConfigError, match="folds make the study's splits: drop data.split_file"):
+        run_ablation(
+            synth_dataset,
+            str(grid),
+            tmp_path / "cv2",
+            progress=False,
+            extra_set=[f"data.split_file={study / 'folds' / 'fold1.csv'}"],
+        )
+    grid.write_text(grid.read_text().replace("folds: 3", "folds: 1"))
+    with pytest.raises(ConfigError, match="folds must be an integer of at least 2"):
+        run_ablation(synth_dataset, str(grid), tmp_path / "cv3", progress=False)
+
+
+@pytest.mark.slow
 def test_ablation_keeps_the_given_split_and_gives_a_split_factor_its_own(
     synth_dataset: Path, tmp_path: Path
 ) -> None:

@@ -225,3 +225,54 @@ def test_apply_split_missing_and_unknown_patients(tmp_path):
     assert [p.id for p in apply_split(ds, mapping)["test"]] == ["2"]
     with pytest.raises(DataError, match="unknown split 'dev'"):
         apply_split(ds, {**mapping, ("train", "2"): "dev"})
+
+
+def test_folds_partition_the_pool_into_stratified_test_parts(tmp_path):
+    from eyefuse.data.splits import fold_file, fold_splits
+
+    ds = memory_dataset(300, {"offsite": 20})
+    summaries = fold_splits(ds, tmp_path / "folds", folds=3, val_fraction=0.2, seed=1)
+    splits = [read_split(fold_file(tmp_path / "folds", k)) for k in (1, 2, 3)]
+    tests = [{key for key, s in split.items() if s == "test"} for split in splits]
+    assert sum(len(t) for t in tests) == 300 and set().union(*tests) == {p.key for p in ds.patients[:300]}
+    overall = ds.label_matrix()[:300].mean(axis=0)
+    for k, (split, summary) in enumerate(zip(splits, summaries, strict=True)):
+        assert summary.counts["test"] == 100 and summary.counts["offsite"] == 20
+        assert summary.counts["val"] == 40 and summary.counts["train"] == 160  # 0.2 of the other parts
+        assert [s for key, s in split.items() if key[0] == "offsite"] == ["offsite"] * 20
+        assert np.abs(summary.prevalence["test"] - overall).max() < 0.03, k
+    # seeded: the same seed gives the same files, another seed other test parts
+    again = fold_splits(ds, tmp_path / "again", folds=3, val_fraction=0.2, seed=1)
+    assert [s.path.read_bytes() for s in again] == [s.path.read_bytes() for s in summaries]
+    other = fold_splits(ds, tmp_path / "other", folds=3, val_fraction=0.2, seed=2)
+    assert other[0].path.read_bytes() != summaries[0].path.read_bytes()
+
+
+@pytest.mark.parametrize("folds", [1, 0, True, 2.5])
+def test_bad_fold_counts(tmp_path, folds):
+    from eyefuse.data.splits import fold_splits
+
+    with pytest.raises(ConfigError, match="folds must be an integer of at least 2"):
+        fold_splits(memory_dataset(20), tmp_path, folds=folds)
+    with pytest.raises(ConfigError, match="at least 40 patients"):
+        fold_splits(memory_dataset(30), tmp_path, folds=20)
+
+
+def test_cli_split_folds(tmp_path, make_challenge, capsys):
+    from eyefuse.cli import main
+
+    root = make_challenge(tmp_path / "data")
+    assert main(["split", "--data", str(root), "--out", str(tmp_path / "cv"), "--folds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "fold 1 of 2" in out and "fold 2 of 2" in out
+    assert sorted(p.name for p in (tmp_path / "cv").iterdir()) == ["fold1.csv", "fold2.csv"]
+    for argv, message in (
+        (["--folds", "2", "--test-fraction", "0.2"], "drop --test-fraction"),
+        (["--folds", "2", "--train-fraction", "0.5"], "drop --train-fraction"),
+    ):
+        assert main(["split", "--data", str(root), "--out", str(tmp_path / "cv2"), *argv]) == 2
+        assert message in capsys.readouterr().err
+    (tmp_path / "f.csv").write_text("x")
+    assert main(["split", "--data", str(root), "--out", str(tmp_path / "f.csv"), "--folds", "2"]) == 2
+    assert "not a file" in capsys.readouterr().err and (tmp_path / "f.csv").read_text() == "x"
+    assert not (tmp_path / "cv2").exists()

@@ -249,8 +249,29 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_split(args: argparse.Namespace) -> int:
     _must_exist(args.data, "--data")
-    from eyefuse.data.splits import split_dataset
+    from eyefuse.data.splits import fold_splits, split_dataset
 
+    if args.folds is not None:
+        clash = [
+            o
+            for o, v in (("--test-fraction", args.test_fraction), ("--train-fraction", args.train_fraction))
+            if v is not None
+        ]
+        if clash:
+            raise ConfigError(f"--folds makes the test parts itself: drop {' and '.join(clash)}")
+        if args.out.exists() and not args.out.is_dir():
+            raise ConfigError(f"--out {args.out}: --folds writes fold1.csv ... into a folder, not a file")
+        summaries = fold_splits(
+            args.data,
+            args.out,
+            folds=args.folds,
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            problem_images=args.problem_images,
+        )
+        for k, fold in enumerate(summaries, start=1):
+            print(f"fold {k} of {len(summaries)}:\n{fold}")
+        return EXIT_OK
     summary = split_dataset(
         args.data,
         args.out,
@@ -258,7 +279,7 @@ def cmd_split(args: argparse.Namespace) -> int:
         seed=args.seed,
         problem_images=args.problem_images,
         test_fraction=args.test_fraction,
-        train_fraction=args.train_fraction,
+        train_fraction=1.0 if args.train_fraction is None else args.train_fraction,
     )
     print(summary)
     return EXIT_OK
@@ -611,7 +632,12 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_split,
     )
     p.add_argument("--data", required=True, help="dataset folder or annotation file")
-    p.add_argument("--out", type=Path, required=True, help="CSV to write: patient_id,source,split")
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="CSV to write: patient_id,source,split (with --folds: the folder for the fold files)",
+    )
     p.add_argument(
         "--val-fraction", type=float, default=0.15, help="share of the training pool for validation"
     )
@@ -625,9 +651,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--train-fraction",
         type=float,
-        default=1.0,
+        default=None,
         help="share of the 'train' patients to keep, the rest marked 'unused' (for a learning curve: "
         "the same seed keeps the same validation and test patients; default 1)",
+    )
+    p.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        help="K-fold cross-validation: write K split files fold1.csv ... into the folder --out, each "
+        "patient of the training pool a test patient in exactly one (default: one split)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the stratification")
     p.add_argument("--problem-images", choices=PROBLEM_IMAGES.names, default="exclude", help=problem_help)

@@ -10,6 +10,10 @@ Patients of the official ODIR test sets (sources `offsite`, `onsite`) keep their
 split and are never used for training or model selection; the rest (the training pool) is split
 into `train` and `val`, plus `test` when the dataset has no official test set.
 
+Cross-validation (`fold_splits`, `eyefuse split --folds K`): K split files whose `test` parts
+partition the training pool, so that the test predictions of the K runs together cover every
+patient.
+
 A learning curve needs fewer training patients and the same validation and test patients:
 `train_fraction` below 1 keeps that share of `train` (stratified the same way) and marks the rest
 `unused`, a split nothing trains, validates or tests on.
@@ -197,6 +201,19 @@ def split_dataset(
             keep = iterative_stratification(y_train, [train_fraction, 1.0 - train_fraction], rng)
             split_of.update({p.key: UNUSED_SPLIT for p, k in zip(train, keep, strict=True) if k == 1})
 
+    return _write_split(dataset, split_of, out, seed, val_fraction, tf, train_fraction)
+
+
+def _write_split(
+    dataset: Dataset,
+    split_of: Mapping[tuple[str, str], str],
+    out: str | os.PathLike[str],
+    seed: int,
+    val_fraction: float,
+    test_fraction: float,
+    train_fraction: float = 1.0,
+) -> SplitSummary:
+    """Write the split CSV atomically (every patient of the dataset, in its order) and sum it up."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(SPLIT_COLUMNS)
@@ -218,10 +235,63 @@ def split_dataset(
         prevalence={s: _prevalence(groups[s], len(dataset.label_names)) for s in order},
         seed=seed,
         val_fraction=val_fraction,
-        test_fraction=tf,
+        test_fraction=test_fraction,
         unusable=len(dataset.unusable()),
         train_fraction=train_fraction,
     )
+
+
+def fold_file(folder: str | os.PathLike[str], fold: int) -> Path:
+    """Where `fold_splits` writes fold `fold` (1-based): `<folder>/fold<fold>.csv`."""
+    return Path(folder) / f"fold{fold}.csv"
+
+
+def fold_splits(
+    data: str | os.PathLike[str] | Dataset,
+    folder: str | os.PathLike[str],
+    *,
+    folds: int,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+    problem_images: str = "exclude",
+) -> list[SplitSummary]:
+    """K-fold cross-validation by patient: one split CSV per fold, `fold1.csv` ... `foldK.csv`.
+
+    The training pool is cut into `folds` stratified parts (iterative stratification, seeded); in
+    fold k part k is `test` and the other parts are split into `train` and `val` (`val_fraction`
+    of them, stratified, with a generator seeded by (seed, k)). Every patient of the pool is thus a
+    test patient exactly once, and the test predictions of all folds together cover the whole pool:
+    a comparison on them rests on every patient instead of one held-out part. Patients of official
+    test sets keep their source as their split and take no part.
+    """
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ConfigError(f"folds must be an integer of at least 2, not {folds!r}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be in (0, 1), not {val_fraction}")
+    dataset = data if isinstance(data, Dataset) else load_dataset(data, problem_images=problem_images)
+    pool = [p for p in dataset.patients if p.source not in OFFICIAL_TEST_SOURCES]
+    if len(pool) < 2 * folds:
+        raise ConfigError(
+            f"{folds} folds need at least {2 * folds} patients outside official tests, not {len(pool)}"
+        )
+    y = np.stack([p.labels for p in pool])
+    part = iterative_stratification(y, [1.0] * folds, np.random.default_rng(seed))
+    official = {p.key: p.source for p in dataset.patients if p.source in OFFICIAL_TEST_SOURCES}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    summaries = []
+    for k in range(folds):
+        rest = [i for i in range(len(pool)) if part[i] != k]
+        is_val = iterative_stratification(
+            y[rest], [1.0 - val_fraction, val_fraction], np.random.default_rng([seed, k])
+        )
+        split_of = dict(official)
+        split_of.update({pool[i].key: "test" for i in range(len(pool)) if part[i] == k})
+        split_of.update({pool[i].key: "val" if v else "train" for i, v in zip(rest, is_val, strict=True)})
+        summaries.append(
+            _write_split(dataset, split_of, fold_file(folder, k + 1), seed, val_fraction, 1.0 / folds)
+        )
+    return summaries
 
 
 def _read_split_rows(path: str | os.PathLike[str]) -> dict[tuple[str, str], tuple[str, int]]:

@@ -25,7 +25,14 @@ factors:                    # config key -> values; the reference cell uses the 
 seeds: [0, 1, 2]            # training seeds per cell (one seed cannot measure seed-to-seed noise)
 split: auto                 # evaluated split: auto = offsite when the dataset has it, else test
 bootstrap: 1000
+folds: 5                    # optional: K-fold cross-validation instead of one split (see below)
 ```
+
+With `folds: K` every cell and seed trains K times, once per fold of `eyefuse split --folds K`'s
+rule (the files are kept in the study's `folds/`), and is scored on the K folds' test parts
+together: every patient of the training pool is a test patient once, so the paired comparison rests
+on all of them instead of one held-out part, at K times the training. A split file (`set` or a
+factor) cannot be combined with folds.
 
 Grids shipped with the project (`eyefuse ablate --grid NAME`): `paper` (built in) and the YAML files in
 `eyefuse/configs/grids/` (`real-study`: the paper's four questions on real photographs from scratch).
@@ -52,7 +59,7 @@ import yaml
 
 from eyefuse.config import load_config, parse_yaml
 from eyefuse.data.odir import load_dataset
-from eyefuse.data.splits import split_dataset
+from eyefuse.data.splits import fold_file, fold_splits, split_dataset
 from eyefuse.errors import ConfigError
 from eyefuse.eval.compare import (
     arm_figures,
@@ -82,7 +89,7 @@ PAPER_GRID: dict[str, Any] = {
     "split": "auto",
     "bootstrap": 1000,
 }
-GRID_KEYS = {"base", "set", "mode", "factors", "seeds", "split", "bootstrap"}
+GRID_KEYS = {"base", "set", "mode", "factors", "seeds", "split", "bootstrap", "folds"}
 
 
 @dataclass
@@ -138,6 +145,11 @@ def load_grid(grid: str) -> dict[str, Any]:
         raise ConfigError(f"--grid {grid}: mode must be one_at_a_time or full, not {spec['mode']!r}")
     if not isinstance(spec["seeds"], list) or not all(isinstance(s, int) for s in spec["seeds"]):
         raise ConfigError(f"--grid {grid}: seeds must be a list of integers")
+    folds = spec.get("folds")
+    if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 2):
+        raise ConfigError(
+            f"--grid {grid}: folds must be an integer of at least 2 (or left out), not {folds!r}"
+        )
     return spec
 
 
@@ -230,11 +242,14 @@ def run_ablation(
         spec["seeds"] = list(seeds)
     cells = grid_cells(spec)
     base = load_config(spec["base"], spec["set"])
+    folds = int(spec.get("folds") or 0)
     split_file = out / "split.csv"
-    if table_only and not split_file.is_file():
+    if table_only and not (split_file.is_file() or fold_file(out / FOLDS, 1).is_file()):
         raise ConfigError(f"{out}: no ablation study here yet (no split.csv); no seed has finished")
     given = Path(base.data.split_file) if base.data.split_file else None
-    if given is not None:
+    if folds:
+        split = _fold_study(data, out, spec, cells, base, folds, given)
+    elif given is not None:
         if not given.is_file():
             raise ConfigError(f"{SPLIT_KEY} {given} does not exist")
         text = given.read_text(encoding="utf-8")
@@ -253,27 +268,29 @@ def run_ablation(
             seed=base.data.split_seed,
             problem_images=base.data.problem_images,
         )
-    split = spec["split"]
-    if split == "auto":
-        sources = load_dataset(data, problem_images=base.data.problem_images).sources()
-        split = "offsite" if "offsite" in sources else "test"
+    if not folds:
+        split = spec["split"]
+        if split == "auto":
+            sources = load_dataset(data, problem_images=base.data.problem_images).sources()
+            split = "offsite" if "offsite" in sources else "test"
     atomic_write_text(out / "grid.yaml", yaml.safe_dump({**spec, "split": split}, sort_keys=False))
 
     trained = skipped = 0
     for seed in spec["seeds"]:  # seed-major: a study stopped part-way holds complete seeds
         for cell in cells:
-            run_dir = out / "cells" / cell.name / f"seed{seed}"
-            if (run_dir / "result.json").is_file():
-                skipped += 1
-                continue
-            if table_only:
-                continue
-            overrides = [*spec["set"], *cell.set_args(), f"train.seed={seed}"]
-            cell_split = Path(str(cell.overrides.get(SPLIT_KEY, split_file)))
-            _train_and_evaluate(data, spec["base"], overrides, run_dir, cell_split, split, spec, progress)
-            trained += 1
+            for k, run_dir in enumerate(_run_dirs(out, cell, seed, folds), start=1):
+                if (run_dir / "result.json").is_file():
+                    skipped += 1
+                    continue
+                if table_only:
+                    continue
+                overrides = [*spec["set"], *cell.set_args(), f"train.seed={seed}"]
+                run_split = fold_file(out / FOLDS, k) if folds else split_file
+                cell_split = Path(str(cell.overrides.get(SPLIT_KEY, run_split)))
+                _train_and_evaluate(data, spec["base"], overrides, run_dir, cell_split, split, spec, progress)
+                trained += 1
     if table_only:
-        done = [s for s in spec["seeds"] if all(_finished(out, c, s) for c in cells)]
+        done = [s for s in spec["seeds"] if all(_finished(out, c, s, folds) for c in cells)]
         if not done:
             raise ConfigError(f"{out}: no seed has finished in every cell yet; nothing to tabulate")
         spec = {**spec, "seeds": done}
@@ -322,14 +339,60 @@ def _train_and_evaluate(
     )
 
 
-def _finished(out: Path, cell: Cell, seed: int) -> bool:
-    return (out / "cells" / cell.name / f"seed{seed}" / "result.json").is_file()
+#: The study folder's subfolder of fold split files when the grid has `folds`.
+FOLDS = "folds"
 
 
-def _read_predictions(run_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """IDs, truth and the `stack_scores` entry (decisions and ranking scores, ``N x 2 x L``)."""
-    p = read_predictions(run_dir / PREDICTIONS)
-    return p.ids, p.truth, p.scores
+def _fold_study(
+    data: str | os.PathLike[str],
+    out: Path,
+    spec: dict[str, Any],
+    cells: list[Cell],
+    base: Any,
+    folds: int,
+    given: Path | None,
+) -> str:
+    """Check a cross-validated study's grid and make (or keep) its fold split files; the evaluated
+    split is each fold's `test` part."""
+    if given is not None or any(SPLIT_KEY in c.overrides for c in cells):
+        raise ConfigError(
+            f"the grid's folds make the study's splits: drop {SPLIT_KEY} from the grid and --set"
+        )
+    if spec["split"] not in ("auto", "test"):
+        raise ConfigError(f"with folds the evaluated split is each fold's test part, not {spec['split']!r}")
+    existing = sorted((out / FOLDS).glob("fold*.csv"))
+    if existing and len(existing) != folds:
+        raise ConfigError(
+            f"{out}: this study has {len(existing)} folds, the grid asks for {folds} (start a new --out)"
+        )
+    if not existing:
+        fold_splits(
+            data,
+            out / FOLDS,
+            folds=folds,
+            val_fraction=base.data.val_fraction,
+            seed=base.data.split_seed,
+            problem_images=base.data.problem_images,
+        )
+    return "test"
+
+
+def _run_dirs(out: Path, cell: Cell, seed: int, folds: int) -> list[Path]:
+    """The run folders of one cell and seed: the seed's folder, or one per fold inside it."""
+    seed_dir = out / "cells" / cell.name / f"seed{seed}"
+    return [seed_dir / f"fold{k}" for k in range(1, folds + 1)] if folds else [seed_dir]
+
+
+def _finished(out: Path, cell: Cell, seed: int, folds: int = 0) -> bool:
+    return all((d / "result.json").is_file() for d in _run_dirs(out, cell, seed, folds))
+
+
+def _read_predictions(run_dirs: list[Path]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """IDs, truth and the `stack_scores` entry (decisions and ranking scores, ``N x 2 x L``) of one
+    cell and seed; with folds, the folds' test predictions one after the other (each patient once)."""
+    parts = [read_predictions(d / PREDICTIONS) for d in run_dirs]
+    ids = [pid for p in parts for pid in p.ids]
+    return ids, np.concatenate([p.truth for p in parts]), np.concatenate([p.scores for p in parts])
 
 
 def _table(
@@ -338,10 +401,12 @@ def _table(
     """Per cell: official final and macro AUROC (mean over seeds) with bootstrap CIs, and the
     paired comparison with the reference cell (`paired_comparison`: difference, 95 % CI, verdict)."""
     n_boot = int(spec.get("bootstrap", 1000))
+    folds = int(spec.get("folds") or 0)
+    evaluated = (
+        f"the test parts of {folds} cross-validation folds together" if folds else f"the {split} split"
+    )
     preds = {
-        (c.name, s): _read_predictions(out / "cells" / c.name / f"seed{s}")
-        for c in cells
-        for s in spec["seeds"]
+        (c.name, s): _read_predictions(_run_dirs(out, c, s, folds)) for c in cells for s in spec["seeds"]
     }
     ref_ids = preds[("reference", spec["seeds"][0])][0]
     for key, (ids, _, _) in preds.items():
@@ -391,18 +456,19 @@ def _table(
             }
         )
     results = [
-        json.loads((out / "cells" / c.name / f"seed{s}" / "result.json").read_text())
+        json.loads((d / "result.json").read_text())
         for c in cells
         for s in spec["seeds"]
+        for d in _run_dirs(out, c, s, folds)
     ]
     seconds = sum(r.get("seconds", 0.0) for r in results)
     cpu_seconds = sum(r.get("cpu_seconds", 0.0) for r in results)
     lines = [
-        f"## Ablation around `{spec['base']}` on the {split} split ({n} patients, "
+        f"## Ablation around `{spec['base']}` on {evaluated} ({n} patients, "
         f"{len(spec['seeds'])} seed(s): {', '.join(map(str, spec['seeds']))}; "
         f"{n_boot} paired bootstrap resamples)",
         "",
-        f"Training and evaluation time of these {len(cells) * len(spec['seeds'])} runs: "
+        f"Training and evaluation time of these {len(results)} runs: "
         f"{seconds / 60:.0f} min wall, {cpu_seconds / 60:.0f} CPU-minutes (sums over the cells' "
         "`result.json`; on an idle machine with N cores the wall time is about CPU-minutes / N).",
         "",
