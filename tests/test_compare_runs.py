@@ -164,3 +164,29 @@ def test_compare_cli_prints_the_table_and_errors_in_one_line(
         err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
         assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
     assert not (tmp_path / "comparison.md").exists()
+
+
+def test_a_cross_validated_run_is_its_folds_read_as_one(tmp_path: Path) -> None:
+    ids, truth, a, b = _arms(tmp_path)
+    half = len(ids) // 2
+    for arm, files in (("cv_a", a), ("cv_b", b)):
+        for k, part in enumerate((slice(0, half), slice(half, None)), start=1):
+            p = read_predictions(files[0])
+            _write(
+                tmp_path / arm / f"fold{k}" / "predictions.csv",
+                ids[part],
+                truth[part],
+                p.scores[part, 0],
+                p.scores[part, 1],
+            )
+    whole = run_compare([a[0]], [b[0]], n_boot=100)
+    folded = run_compare([tmp_path / "cv_a"], [tmp_path / "cv_b"], n_boot=100)
+    assert [(c.diff, c.lo, c.hi) for c in whole.comparisons] == [
+        (c.diff, c.lo, c.hi) for c in folded.comparisons
+    ]
+    assert folded.files == ([str(tmp_path / "cv_a")], [str(tmp_path / "cv_b")])
+    # a patient in two folds' test parts is not cross-validation
+    p = read_predictions(b[0])
+    _write(tmp_path / "cv_b" / "fold3" / "predictions.csv", ids[:2], truth[:2], p.scores[:2, 0])
+    with pytest.raises(DataError, match=f"patient {ids[0]} is a test patient of fold1 too"):
+        run_compare([tmp_path / "cv_a"], [tmp_path / "cv_b"], n_boot=10)

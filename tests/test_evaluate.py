@@ -196,6 +196,13 @@ def test_ablation_cross_validated_scores_every_pool_patient_once(synth_dataset: 
     assert len(seen) == len(set(seen)) and set(seen) <= tested[0] | tested[1]
     assert f"the test parts of 2 cross-validation folds together ({len(seen)} patients" in first.markdown
     assert "Training and evaluation time of these 4 runs" in first.markdown
+    # `eyefuse compare` reads a cross-validated seed folder as one run: the table's difference
+    from eyefuse.workflows.compare import run_compare
+
+    cells = study / "cells"
+    cmp = run_compare([cells / "fusion=concat" / "seed0"], [cells / "reference" / "seed0"], n_boot=30)
+    auroc = next(c for c in cmp.comparisons if c.metric == "macro AUROC")
+    assert cmp.n_patients == len(seen) and round(auroc.diff, 4) == first.rows[1]["delta_macro_auroc"]
     again = run_ablation(synth_dataset, str(grid), study, progress=False)
     assert (again.trained, again.skipped) == (0, 4) and again.rows == first.rows
     assert run_ablation(synth_dataset, str(grid), study, progress=False, table_only=True).rows == first.rows

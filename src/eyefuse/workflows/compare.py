@@ -3,7 +3,8 @@
 `eyefuse ablate` compares the cells it trains itself. Runs trained on their own (`eyefuse train`, a
 colleague's run, a run from another session) are compared here from what `eyefuse evaluate --out
 REPORT` leaves in each report folder: `predictions.csv`, the evaluated patients' truth and scores.
-Each arm is one or more such files, one per training seed. The comparison is the project's one
+Each arm is one or more such files, one per training seed (a cross-validated run is a folder of
+`fold1/` ... `foldK/`, read as one run). The comparison is the project's one
 paired bootstrap (`eyefuse.eval.compare.paired_comparison`): the same patient draw for both arms, the
 seeds of each arm drawn too, a 95 % interval of A - B and the verdict better / worse / not
 distinguishable, for the ODIR final, the macro AUROC and each label's AUROC.
@@ -36,20 +37,41 @@ from eyefuse.eval.predictions import FILE_NAME, Predictions, read_predictions
 from eyefuse.utils.io import atomic_write_json, atomic_write_text
 
 
-def predictions_file(path: str | os.PathLike[str], option: str) -> Path:
-    """The `predictions.csv` a command-line path means: the file itself, or the one in a report
-    folder (`eyefuse evaluate --out`) or an ablation cell's seed folder."""
+def read_run(path: str | os.PathLike[str], option: str) -> Predictions:
+    """The predictions of one trained model a command-line path means: a `predictions.csv`, a
+    folder holding one (`eyefuse evaluate --out`, an ablation seed folder), or a cross-validated
+    run, a folder whose `fold1/` ... `foldK/` each hold one (an ablation seed folder with `folds`):
+    the folds' test patients one after the other, each patient once."""
     p = Path(path)
-    if p.is_dir():
-        p = p / FILE_NAME
-        if not p.is_file():
-            raise ConfigError(
-                f"{option} {path}: no {FILE_NAME} in this folder (write one with "
-                f"`eyefuse evaluate --run RUN --out {path}`)"
-            )
-    elif not p.is_file():
+    if p.is_file():
+        return read_predictions(p)
+    if not p.is_dir():
         raise ConfigError(f"{option} {path} does not exist")
-    return p
+    if (p / FILE_NAME).is_file():
+        return read_predictions(p / FILE_NAME)
+    folds = []
+    while (p / f"fold{len(folds) + 1}" / FILE_NAME).is_file():
+        folds.append(read_predictions(p / f"fold{len(folds) + 1}" / FILE_NAME))
+    if not folds:
+        raise ConfigError(
+            f"{option} {path}: no {FILE_NAME} in this folder nor in fold1/, fold2/, ... (write one with "
+            f"`eyefuse evaluate --run RUN --out {path}`)"
+        )
+    seen: dict[str, int] = {}
+    for k, f in enumerate(folds, start=1):
+        if f.label_names != folds[0].label_names:
+            raise DataError(f"labels {','.join(f.label_names)} differ from fold1's", file=f.path)
+        for pid in f.ids:
+            if pid in seen:
+                raise DataError(f"patient {pid} is a test patient of fold{seen[pid]} too", file=f.path)
+            seen[pid] = k
+    return Predictions(
+        path=p,
+        ids=[pid for f in folds for pid in f.ids],
+        label_names=folds[0].label_names,
+        truth=np.concatenate([f.truth for f in folds]),
+        scores=np.concatenate([f.scores for f in folds]),
+    )
 
 
 def _aligned(files: Sequence[Predictions]) -> tuple[list[str], tuple[str, ...], np.ndarray, list[np.ndarray]]:
@@ -145,10 +167,10 @@ def run_compare(
         raise ConfigError(f"--bootstrap must be at least 1, not {n_boot}")
     if len(names) != 2 or not all(n.strip() for n in names) or names[0] == names[1]:
         raise ConfigError(f"--names needs two different names, like fused,single: got {','.join(names)}")
-    paths_a = [predictions_file(p, "--a") for p in a]
-    paths_b = [predictions_file(p, "--b") for p in b]
-    if not paths_a or not paths_b:
+    if not a or not b:
         raise ConfigError("give at least one predictions file or report folder to --a and to --b")
+    files = [read_run(p, "--a") for p in a] + [read_run(p, "--b") for p in b]
+    paths_a, paths_b = [f.path for f in files[: len(a)]], [f.path for f in files[len(a) :]]
     resolved: dict[Path, Path] = {}
     for p in (*paths_a, *paths_b):
         key = p.resolve()
@@ -157,7 +179,6 @@ def run_compare(
                 f"{p} is given twice (also as {resolved[key]}): each file is one trained model, once"
             )
         resolved[key] = p
-    files = [read_predictions(p) for p in (*paths_a, *paths_b)]
     ids, labels, truth, scores = _aligned(files)
     sa, sb = scores[: len(paths_a)], scores[len(paths_a) :]
     samples = bootstrap_samples(len(ids), n_boot)
@@ -245,4 +266,4 @@ def run_compare(
     return summary
 
 
-__all__ = ["CompareSummary", "predictions_file", "run_compare"]
+__all__ = ["CompareSummary", "read_run", "run_compare"]
